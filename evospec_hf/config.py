@@ -1,0 +1,163 @@
+"""`EvoSpecConfig`: the one object that configures evospec_hf's speculative decoding."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+
+CONFIG_NAME = "evospec_config.json"
+
+# Shortlist sources that can be combined with "+" (e.g. "static+context").
+SHORTLIST_SOURCES = ("static", "context")
+# "full" drafts over the whole vocabulary: plain assisted decoding with evospec_hf's lean draft loop.
+SHORTLIST_MODES = ("full",) + SHORTLIST_SOURCES
+HEAD_BACKENDS = ("auto", "torch", "triton")
+DRAFT_SCHEDULES = ("constant", "heuristic")
+
+
+@dataclass
+class EvoSpecConfig:
+    """Configuration of evospec_hf's drafting.
+
+    Pass it to `model.generate(..., assistant_model=drafter, evospec_config=EvoSpecConfig(...))` after
+    `import evospec_hf`. The target always verifies over the full vocabulary, so greedy output is identical to plain
+    greedy `generate` and sampling keeps the target's distribution whatever these fields say; they only change speed.
+    """
+
+    shortlist: str = field(
+        default="full",
+        metadata={
+            "help": (
+                "Which tokens the drafter may propose. 'full': the whole vocabulary (no shortlist). 'static': the "
+                "`shortlist_size` most frequent tokens of a corpus (FR-Spec), read from `static_shortlist_path`. "
+                "'context': tokens already seen in the prompt and the generated text. Sources combine with '+', "
+                "e.g. 'static+context'. EOS and pad tokens are always in."
+            )
+        },
+    )
+    shortlist_size: int = field(
+        default=16384,
+        metadata={"help": "Total number of token ids in the shortlist (all sources and special tokens together)."},
+    )
+    context_slots: int = field(
+        default=2048,
+        metadata={
+            "help": (
+                "With 'static+context': how many of the `shortlist_size` slots are kept for context tokens that the "
+                "static list lacks (least recently seen is evicted first). With 'context' alone all slots are "
+                "context slots and this field is ignored."
+            )
+        },
+    )
+    static_shortlist_path: str | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "Path to a token frequency table built by `scripts/build_static_shortlist.py` (a .json file). "
+                "Required when `shortlist` includes 'static'."
+            )
+        },
+    )
+    num_draft_tokens: int = field(
+        default=6, metadata={"help": "Tokens drafted per round (the starting value under the 'heuristic' schedule)."}
+    )
+    draft_schedule: str = field(
+        default="heuristic",
+        metadata={
+            "help": (
+                "'constant': always draft `num_draft_tokens`. 'heuristic' (as transformers' assisted decoding): "
+                "+2 after a round where every draft was accepted, -1 otherwise, never below 1 nor above "
+                "`max_draft_tokens`; reset at every `generate` call."
+            )
+        },
+    )
+    max_draft_tokens: int = field(
+        default=16, metadata={"help": "Upper bound on the tokens drafted per round under the 'heuristic' schedule."}
+    )
+    confidence_threshold: float | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "If set, a round stops drafting early once the drafter's probability of its own next token "
+                "(over the shortlist) falls below this value. None drafts the full round."
+            )
+        },
+    )
+    head_backend: str = field(
+        default="auto",
+        metadata={
+            "help": (
+                "How the drafter's shortlist LM head is computed. 'auto': the Triton kernel when the drafter is on a "
+                "CUDA device and Triton is installed, else the torch path. 'torch' or 'triton' force one."
+            )
+        },
+    )
+
+    def __post_init__(self):
+        parts = self.shortlist.split("+") if isinstance(self.shortlist, str) else None
+        if not parts or any(p not in SHORTLIST_MODES for p in parts) or len(set(parts)) != len(parts):
+            raise ValueError(
+                f"`shortlist` must be one of {SHORTLIST_MODES} or a '+'-union of {SHORTLIST_SOURCES}, "
+                f"got {self.shortlist!r}."
+            )
+        if "full" in parts and len(parts) > 1:
+            raise ValueError(f"`shortlist`='full' already holds every token and cannot be combined, got {self.shortlist!r}.")
+        for name in ("shortlist_size", "num_draft_tokens", "max_draft_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+        if isinstance(self.context_slots, bool) or not isinstance(self.context_slots, int) or self.context_slots < 0:
+            raise ValueError(f"`context_slots` must be a non-negative integer, got {self.context_slots!r}.")
+        if "static" in parts and "context" in parts and self.context_slots >= self.shortlist_size:
+            raise ValueError(
+                f"`context_slots` ({self.context_slots}) must be smaller than `shortlist_size` "
+                f"({self.shortlist_size}) so that the static list keeps some slots."
+            )
+        if "static" in parts and not self.static_shortlist_path:
+            raise ValueError(
+                f"`static_shortlist_path` is required with `shortlist`={self.shortlist!r}; build one with "
+                "`python scripts/build_static_shortlist.py`."
+            )
+        if self.num_draft_tokens > self.max_draft_tokens:
+            raise ValueError(
+                f"`num_draft_tokens` ({self.num_draft_tokens}) must not exceed `max_draft_tokens` ({self.max_draft_tokens})."
+            )
+        if self.draft_schedule not in DRAFT_SCHEDULES:
+            raise ValueError(f"`draft_schedule` must be one of {DRAFT_SCHEDULES}, got {self.draft_schedule!r}.")
+        if self.confidence_threshold is not None and not (0.0 < self.confidence_threshold < 1.0):
+            raise ValueError(f"`confidence_threshold` must be None or in (0, 1), got {self.confidence_threshold!r}.")
+        if self.head_backend not in HEAD_BACKENDS:
+            raise ValueError(f"`head_backend` must be one of {HEAD_BACKENDS}, got {self.head_backend!r}.")
+
+    @property
+    def shortlist_sources(self) -> tuple[str, ...]:
+        """The sources named in `shortlist` (empty for 'full')."""
+        return () if self.shortlist == "full" else tuple(self.shortlist.split("+"))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> str:
+        """Writes `evospec_config.json` into `save_directory` and returns its path."""
+        os.makedirs(save_directory, exist_ok=True)
+        path = os.path.join(save_directory, CONFIG_NAME)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+            f.write("\n")
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, **overrides) -> "EvoSpecConfig":
+        """Reads a config from a directory holding `evospec_config.json` (or from that file itself)."""
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            path = os.path.join(path, CONFIG_NAME)
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{path} has fields that EvoSpecConfig does not know: {unknown}.")
+        data.update(overrides)
+        return cls(**data)

@@ -1,0 +1,14 @@
+"""The transformers integration: the candidate generator (where the drafter runs), the logits processor, the hook."""
+
+from .candidate_generator import EvoSpecCandidateGenerator
+from .integration import custom_generate, evospec_drafting, install, uninstall
+from .logits_process import ShortlistLogitsProcessor
+
+__all__ = [
+    "EvoSpecCandidateGenerator",
+    "ShortlistLogitsProcessor",
+    "custom_generate",
+    "evospec_drafting",
+    "install",
+    "uninstall",
+]

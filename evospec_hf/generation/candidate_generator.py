@@ -1,0 +1,199 @@
+"""`EvoSpecCandidateGenerator`: where the drafter runs.
+
+transformers' `AssistedCandidateGenerator` calls `assistant_model.generate()` every round, paying its whole setup
+(config copies, processor and stopping-criteria lists, cache checks) for a handful of tokens. This subclass keeps the
+same contract but drafts with a bare loop over the drafter's decoder body: it keeps its own KV cache across rounds,
+crops the entries of rejected drafts, and computes the LM head only over the shortlist (`evospec_hf.vocab`).
+The target verifies the candidates over the full vocabulary in transformers' own assisted-decoding loop.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache, LogitsProcessorList
+from transformers.generation.candidate_generator import AssistedCandidateGenerator
+
+from ..config import EvoSpecConfig
+from ..ops import resolve_head_backend
+from ..vocab import build_shortlist
+
+
+class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
+    """Drafts candidate tokens over a vocabulary shortlist for transformers' assisted decoding.
+
+    Args:
+        input_ids (`torch.LongTensor` of shape `(1, sequence_length)`): the prompt.
+        assistant_model (`PreTrainedModel`): the drafter, a decoder-only causal LM sharing the target's vocabulary.
+        generation_config (`GenerationConfig`): the target's prepared generation config.
+        model_kwargs (`dict`): the target's model kwargs (only used by the parent class).
+        evospec_config (`EvoSpecConfig`): drafting options.
+        target_vocab_size (`int`): rows of the target's LM head; must equal the drafter's.
+        inputs_tensor (`torch.Tensor`, *optional*): see `AssistedCandidateGenerator`.
+        logits_processor (`LogitsProcessorList`, *optional*): the target's processors, applied to draft scores too.
+    """
+
+    def __init__(
+        self,
+        input_ids: torch.LongTensor,
+        assistant_model,
+        generation_config,
+        model_kwargs: dict,
+        evospec_config: EvoSpecConfig,
+        target_vocab_size: int,
+        inputs_tensor: torch.Tensor | None = None,
+        logits_processor: LogitsProcessorList | None = None,
+    ):
+        if input_ids.shape[0] != 1:
+            raise ValueError(
+                f"evospec_hf drafts for one sequence at a time, but got a batch of {input_ids.shape[0]} "
+                "(transformers' assisted decoding has the same limit). Call generate once per prompt."
+            )
+        if assistant_model.config.is_encoder_decoder:
+            raise ValueError("evospec_hf needs a decoder-only drafter (a causal LM).")
+        head = assistant_model.get_output_embeddings()
+        if head is None or not isinstance(getattr(head, "weight", None), torch.Tensor) or head.weight.dim() != 2:
+            raise ValueError(f"{type(assistant_model).__name__} has no linear LM head that evospec_hf can shortlist.")
+        if head.weight.shape[0] != target_vocab_size:
+            raise ValueError(
+                f"The drafter's vocabulary ({head.weight.shape[0]} LM-head rows) differs from the target's "
+                f"({target_vocab_size}). evospec_hf verifies draft token ids directly, so both must use the same "
+                "tokenizer; for drafters with another tokenizer use transformers' `assistant_tokenizer=` without "
+                "`evospec_config`."
+            )
+        super().__init__(input_ids, assistant_model, generation_config, model_kwargs, inputs_tensor, logits_processor)
+        self.evospec_config = evospec_config
+        self.num_assistant_tokens = evospec_config.num_draft_tokens
+        self.device = assistant_model.device
+        self.do_sample = bool(generation_config.do_sample)
+        # the parent filtered the target's processors into a plain list; make it callable again
+        self.logits_processor = LogitsProcessorList(self.logits_processor)
+        # greedy with no processors: argmax over the shortlist logits, nothing full-vocabulary sized per token
+        self.greedy_fast_path = not self.do_sample and len(self.logits_processor) == 0
+
+        self.drafter_body = assistant_model.base_model
+        self.head_weight = head.weight.detach()
+        self.head_bias = None if getattr(head, "bias", None) is None else head.bias.detach()
+        self.logit_softcap = getattr(assistant_model.config.get_text_config(), "final_logit_softcapping", None)
+        _check_drafter_head(assistant_model, self)
+
+        always_in = [t for t in (generation_config._eos_token_tensor, generation_config._pad_token_tensor) if t is not None]
+        always_in = torch.cat([t.flatten() for t in always_in]) if always_in else torch.empty(0, dtype=torch.long)
+        self.head_backend = resolve_head_backend(evospec_config.head_backend, self.head_weight.device)
+        self.shortlist = build_shortlist(evospec_config, self.head_weight, self.head_bias, always_in, self.head_backend)
+        self.observes_context = "context" in evospec_config.shortlist_sources
+        self.num_observed = 0  # tokens of the sequence already passed to the context source
+
+        self.cache = DynamicCache(config=assistant_model.config)
+        # sliding-window layers (e.g. Gemma 3) must keep their past until we crop rejected drafts
+        self.cache.activate_past_recording()
+
+    def head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """`(num_positions, hidden_size)` -> float32 logits over the shortlist slots (or the vocabulary for 'full')."""
+        if self.shortlist is not None:
+            logits = self.shortlist.logits(hidden)
+        else:
+            logits = F.linear(hidden, self.head_weight, self.head_bias).float()
+        if self.logit_softcap is not None:
+            logits = torch.tanh(logits / self.logit_softcap) * self.logit_softcap
+        return logits
+
+    @torch.no_grad()
+    def get_candidates(self, input_ids: torch.LongTensor, **kwargs) -> tuple[torch.LongTensor, torch.Tensor | None]:
+        """Drafts up to `num_assistant_tokens` tokens.
+
+        Args:
+            input_ids (`torch.LongTensor` of shape `(1, sequence_length)`): the sequence so far.
+
+        Returns:
+            `torch.LongTensor` of shape `(1, sequence_length + candidate_length)`: the sequence and its drafts, and
+            `torch.FloatTensor` of shape `(1, candidate_length, vocab_size)`: the (processed) draft logits, -inf
+            outside the shortlist, or `None` when no token can be drafted.
+        """
+        input_ids = input_ids.to(self.device)
+        cur_len = input_ids.shape[1]
+        num_drafts = min(int(self.num_assistant_tokens), self.main_model_max_length - cur_len - 1)
+        if num_drafts <= 0:
+            return input_ids, None
+        if self.observes_context:
+            self.shortlist.observe(input_ids[0, self.num_observed :])
+            self.num_observed = cur_len
+
+        feed = self._rewind_cache(input_ids)
+        sequence = input_ids
+        step_logits = []
+        threshold = self.evospec_config.confidence_threshold
+        for _ in range(num_drafts):
+            hidden = self.drafter_body(input_ids=feed, past_key_values=self.cache, use_cache=True).last_hidden_state
+            logits = self.head_logits(hidden[:, -1])  # (1, slots)
+            if self.greedy_fast_path:
+                choice = logits.argmax(dim=-1)
+                token = choice if self.shortlist is None else self.shortlist.token_ids[choice]
+            else:
+                # the draft distribution q that speculative sampling needs: processed exactly as the target's
+                logits = self.logits_processor(sequence, logits if self.shortlist is None else self.shortlist.expand(logits))
+                if self.do_sample:
+                    choice = token = torch.multinomial(logits.softmax(dim=-1), num_samples=1).squeeze(1)
+                else:
+                    choice = token = logits.argmax(dim=-1)
+            step_logits.append(logits)
+            sequence = torch.cat([sequence, token[:, None]], dim=-1)
+            feed = token[:, None]
+            if threshold is not None and logits.softmax(dim=-1)[0, choice[0]] < threshold:
+                break
+
+        candidate_logits = torch.stack(step_logits, dim=1)
+        if self.greedy_fast_path and self.shortlist is not None:
+            candidate_logits = self.shortlist.expand(candidate_logits)  # once per round, not per token
+        return sequence, candidate_logits
+
+    def _rewind_cache(self, input_ids: torch.LongTensor) -> torch.LongTensor:
+        """Drops the drafter's KV entries past the verified prefix; returns the tokens it has yet to read.
+
+        After a round the sequence is `prefix + accepted drafts + one target token`. The cache holds the prefix and
+        every draft fed back in, so its first `len(sequence) - 1` entries (at most) are still valid.
+        """
+        cached = self.cache.get_seq_length()
+        keep = min(cached, input_ids.shape[1] - 1)
+        if cached > 0:
+            self.cache.crop(keep - cached)  # non-positive: how many entries to drop
+        return input_ids[:, keep:]
+
+    def update_candidate_strategy(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, num_matches: int):
+        """Adapts the draft length to the last round.
+
+        Args:
+            input_ids (`torch.LongTensor` of shape `(1, sequence_length)`): the sequence after verification.
+            scores (`torch.FloatTensor` of shape `(1, candidate_length + 1, vocab_size)`): the target's scores.
+            num_matches (`int`): how many drafts the target accepted.
+        """
+        if self.evospec_config.draft_schedule == "heuristic":
+            if int(num_matches) == scores.shape[1] - 1:
+                self.num_assistant_tokens = min(self.num_assistant_tokens + 2, self.evospec_config.max_draft_tokens)
+            else:
+                self.num_assistant_tokens = max(1, self.num_assistant_tokens - 1)
+
+
+def _check_drafter_head(drafter, generator: EvoSpecCandidateGenerator) -> None:
+    """Checks once per drafter that `head_logits(base_model(x))` reproduces `drafter(x).logits`.
+
+    evospec_hf recomputes the LM head itself; an architecture that post-processes logits in a way it does not know
+    (e.g. a logit scale) would otherwise draft from the wrong distribution without any error.
+    """
+    if getattr(drafter, "_evospec_head_checked", False):
+        return
+    probe = torch.arange(1, 4, device=generator.device).clamp(max=generator.head_weight.shape[0] - 1)[None, :]
+    with torch.no_grad():
+        expected = drafter(input_ids=probe, use_cache=False).logits[0, -1].float()
+        hidden = drafter.base_model(input_ids=probe, use_cache=False).last_hidden_state[0, -1:]
+        logits = F.linear(hidden, generator.head_weight, generator.head_bias).float()[0]
+        if generator.logit_softcap is not None:
+            logits = torch.tanh(logits / generator.logit_softcap) * generator.logit_softcap
+    relative = 1e-3 if hidden.dtype == torch.float32 else 5e-2  # half precision rounds differently
+    tolerance = relative * (1.0 + expected.abs().max().item())
+    if not torch.allclose(logits, expected, rtol=0, atol=tolerance):
+        raise ValueError(
+            f"{type(drafter).__name__}'s logits are not `lm_head(base_model(x))` (max difference "
+            f"{(logits - expected).abs().max().item():.3g}); evospec_hf cannot shortlist this architecture's head."
+        )
+    drafter._evospec_head_checked = True

@@ -1,0 +1,5 @@
+"""Kernels of evospec_hf. Each Triton kernel has its plain-torch reference beside it."""
+
+from .sparse_lm_head import packed_lm_head, resolve_head_backend, sparse_lm_head_reference, triton_available
+
+__all__ = ["packed_lm_head", "resolve_head_backend", "sparse_lm_head_reference", "triton_available"]

@@ -1,0 +1,108 @@
+"""Token frequency tables: the data behind the static (FR-Spec) shortlist.
+
+A table counts how often each token id of one tokenizer occurs in a corpus. It is saved as JSON together with the
+vocabulary size it was made for, so that loading it for another vocabulary fails loudly instead of drafting
+nonsense ids. `scripts/build_static_shortlist.py` builds one from text files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+FORMAT_NAME = "evospec-frequency-table"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class FrequencyTable:
+    """Token counts of a corpus, most frequent first.
+
+    Attributes:
+        vocab_size: size of the vocabulary the ids belong to (the LM head's number of rows).
+        token_ids: `torch.LongTensor` of shape `(num_seen,)`: every id seen at least once, by descending count.
+        counts: `torch.LongTensor` of shape `(num_seen,)`: their counts.
+        source: free text saying what corpus and tokenizer produced the table.
+    """
+
+    vocab_size: int
+    token_ids: torch.Tensor
+    counts: torch.Tensor
+    source: str = ""
+
+    @classmethod
+    def from_token_ids(cls, sequences: Iterable[Iterable[int]], vocab_size: int, source: str = "") -> "FrequencyTable":
+        """Counts token ids; `sequences` is any iterable of id sequences (lists or 1-D tensors)."""
+        counts = torch.zeros(vocab_size, dtype=torch.long)
+        for seq in sequences:
+            ids = torch.as_tensor(seq, dtype=torch.long).flatten()
+            if ids.numel() == 0:
+                continue
+            if int(ids.min()) < 0 or int(ids.max()) >= vocab_size:
+                raise ValueError(f"token id out of range [0, {vocab_size}): {int(ids.min())}..{int(ids.max())}")
+            counts += torch.bincount(ids, minlength=vocab_size)
+        seen = counts.nonzero().squeeze(1)
+        # stable sort: ties keep the smaller id first, so the table is deterministic
+        order = torch.sort(counts[seen], descending=True, stable=True).indices
+        return cls(vocab_size=vocab_size, token_ids=seen[order], counts=counts[seen][order], source=source)
+
+    def top(self, n: int) -> torch.Tensor:
+        """The `n` most frequent token ids (fewer if the corpus saw fewer distinct tokens)."""
+        return self.token_ids[:n]
+
+    def save(self, path: str | os.PathLike) -> None:
+        data = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "vocab_size": self.vocab_size,
+            "source": self.source,
+            "token_ids": self.token_ids.tolist(),
+            "counts": self.counts.tolist(),
+        }
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = f"{path}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f)
+        os.replace(tmp, path)  # atomic: a crash never leaves a half-written table
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, vocab_size: int | None = None) -> "FrequencyTable":
+        """Loads a table; with `vocab_size`, also checks that it was made for that vocabulary."""
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"static shortlist file {path!r} does not exist; build it with `python scripts/build_static_shortlist.py`."
+            )
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+            if data.get("format") != FORMAT_NAME:
+                raise ValueError(f"'format' is {data.get('format')!r}, expected {FORMAT_NAME!r}")
+            if data.get("version") != FORMAT_VERSION:
+                raise ValueError(f"'version' is {data.get('version')!r}, expected {FORMAT_VERSION}")
+            table = cls(
+                vocab_size=int(data["vocab_size"]),
+                token_ids=torch.tensor(data["token_ids"], dtype=torch.long),
+                counts=torch.tensor(data["counts"], dtype=torch.long),
+                source=str(data.get("source", "")),
+            )
+            if table.token_ids.shape != table.counts.shape or table.token_ids.dim() != 1:
+                raise ValueError("'token_ids' and 'counts' must be lists of the same length")
+            if table.token_ids.numel() and (
+                int(table.token_ids.min()) < 0 or int(table.token_ids.max()) >= table.vocab_size
+            ):
+                raise ValueError(f"token ids fall outside the table's own vocab_size {table.vocab_size}")
+            if table.token_ids.unique().numel() != table.token_ids.numel():
+                raise ValueError("'token_ids' repeats an id")
+        except (ValueError, KeyError, TypeError) as err:  # json.JSONDecodeError is a ValueError
+            raise ValueError(f"static shortlist file {path!r} is corrupt: {err}") from err
+        if vocab_size is not None and table.vocab_size != vocab_size:
+            raise ValueError(
+                f"static shortlist file {path!r} was built for a vocabulary of {table.vocab_size} tokens, but the "
+                f"drafter's LM head has {vocab_size}; rebuild it with the drafter's tokenizer."
+            )
+        return table

@@ -1,0 +1,80 @@
+"""Shared fixtures: tiny seeded models built from configs (never downloaded)."""
+
+import os
+
+import torch
+
+# CPU CI has no GPU: run Triton kernels through the interpreter. Must be set before triton compiles anything.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+from transformers import (  # noqa: E402
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
+
+import evospec_hf  # noqa: E402,F401  (installs the generate hook)
+from evospec_hf import FrequencyTable  # noqa: E402
+
+VOCAB_SIZE = 96
+EOS, PAD, BOS = 2, 0, 1
+
+
+def tiny_llama(seed: int, layers: int = 2, vocab_size: int = VOCAB_SIZE):
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD,
+    )  # fmt: skip
+    return LlamaForCausalLM(config).eval()
+
+
+def tiny_gemma3(seed: int, layers: int = 2, vocab_size: int = VOCAB_SIZE):
+    torch.manual_seed(seed)
+    # a 4-token sliding window so that generations cross it and cache cropping of sliding layers is exercised;
+    # softcapping on, so the drafter's head post-processing is exercised too
+    config = Gemma3TextConfig(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=4,
+        layer_types=["sliding_attention", "full_attention"] * (layers // 2) + ["sliding_attention"] * (layers % 2),
+        final_logit_softcapping=30.0, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD,
+    )  # fmt: skip
+    return Gemma3ForCausalLM(config).eval()
+
+
+def tiny_gpt2(seed: int, layers: int = 2, vocab_size: int = VOCAB_SIZE):
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        vocab_size=vocab_size, n_embd=32, n_layer=layers, n_head=4, n_positions=256,
+        bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD,
+    )  # fmt: skip
+    return GPT2LMHeadModel(config).eval()
+
+
+def noisy_copy(model, seed: int, scale: float = 0.02):
+    """A drafter that mostly agrees with `model`: its weights plus small noise (exercises partial acceptance)."""
+    torch.manual_seed(seed)
+    drafter = type(model)(model.config).eval()
+    drafter.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for p in drafter.parameters():
+            p.add_(torch.randn_like(p) * scale * p.std().clamp(min=1e-3))
+    return drafter
+
+
+ARCHITECTURES = {"llama": tiny_llama, "gemma3": tiny_gemma3, "gpt2": tiny_gpt2}
+
+
+@pytest.fixture(scope="session")
+def static_table_path(tmp_path_factory):
+    """A frequency table over VOCAB_SIZE where low ids are frequent: a static shortlist that misses many tokens."""
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.multinomial(torch.linspace(1.0, 0.01, VOCAB_SIZE), 4000, replacement=True, generator=gen)
+    path = tmp_path_factory.mktemp("static") / "freq.json"
+    FrequencyTable.from_token_ids([ids], VOCAB_SIZE, source="synthetic").save(path)
+    return str(path)

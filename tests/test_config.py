@@ -1,0 +1,55 @@
+import json
+
+import pytest
+
+from evospec_hf import EvoSpecConfig
+
+
+def test_defaults_are_valid_and_full():
+    config = EvoSpecConfig()
+    assert config.shortlist == "full" and config.shortlist_sources == ()
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        pytest.param({"shortlist": "bogus"}, "shortlist", id="unknown-mode"),
+        pytest.param({"shortlist": "full+context"}, "shortlist", id="full-in-union"),
+        pytest.param({"shortlist": "context+context"}, "shortlist", id="repeated-source"),
+        pytest.param({"shortlist_size": 0}, "shortlist_size", id="size-zero"),
+        pytest.param({"shortlist_size": -5}, "shortlist_size", id="size-negative"),
+        pytest.param({"shortlist_size": 1.5}, "shortlist_size", id="size-float"),
+        pytest.param({"shortlist": "static"}, "static_shortlist_path", id="static-without-file"),
+        pytest.param(
+            {"shortlist": "static+context", "static_shortlist_path": "f.json", "shortlist_size": 10, "context_slots": 10},
+            "context_slots",
+            id="context-slots-fill-budget",
+        ),
+        pytest.param({"context_slots": -1}, "context_slots", id="context-slots-negative"),
+        pytest.param({"num_draft_tokens": 0}, "num_draft_tokens", id="draft-zero"),
+        pytest.param({"num_draft_tokens": 20, "max_draft_tokens": 4}, "num_draft_tokens", id="draft-over-max"),
+        pytest.param({"draft_schedule": "fast"}, "draft_schedule", id="schedule"),
+        pytest.param({"confidence_threshold": 1.5}, "confidence_threshold", id="threshold"),
+        pytest.param({"head_backend": "cuda"}, "head_backend", id="backend"),
+    ],
+)
+def test_invalid_values_name_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=f"`{field}`"):
+        EvoSpecConfig(**kwargs)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    config = EvoSpecConfig(
+        shortlist="static+context", shortlist_size=512, context_slots=64, static_shortlist_path="freq.json",
+        num_draft_tokens=4, draft_schedule="constant", confidence_threshold=0.3,
+    )  # fmt: skip
+    path = config.save_pretrained(tmp_path)
+    assert json.loads(open(path).read())["shortlist_size"] == 512
+    assert EvoSpecConfig.from_pretrained(tmp_path) == config
+    assert EvoSpecConfig.from_pretrained(path, shortlist_size=256).shortlist_size == 256
+
+
+def test_load_rejects_unknown_fields(tmp_path):
+    (tmp_path / "evospec_config.json").write_text(json.dumps({"shortlist": "full", "shortlist_sise": 3}))
+    with pytest.raises(ValueError, match="shortlist_sise"):
+        EvoSpecConfig.from_pretrained(tmp_path)

@@ -1,0 +1,61 @@
+import json
+
+import pytest
+import torch
+
+from evospec_hf import FrequencyTable
+
+
+def test_counts_and_order():
+    table = FrequencyTable.from_token_ids([[3, 3, 1, 3], torch.tensor([1, 4])], vocab_size=6)
+    assert table.token_ids.tolist() == [3, 1, 4]
+    assert table.counts.tolist() == [3, 2, 1]
+    assert table.top(2).tolist() == [3, 1]
+
+
+def test_out_of_range_ids_raise():
+    with pytest.raises(ValueError, match="out of range"):
+        FrequencyTable.from_token_ids([[0, 7]], vocab_size=6)
+
+
+def test_save_load_round_trip(tmp_path):
+    table = FrequencyTable.from_token_ids([[5, 5, 2]], vocab_size=8, source="unit")
+    path = tmp_path / "t.json"
+    table.save(path)
+    loaded = FrequencyTable.load(path, vocab_size=8)
+    assert loaded.token_ids.tolist() == [5, 2] and loaded.source == "unit"
+
+
+def test_missing_file_says_how_to_build_one(tmp_path):
+    with pytest.raises(FileNotFoundError, match="build_static_shortlist"):
+        FrequencyTable.load(tmp_path / "nope.json")
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param("{not json", id="not-json"),
+        pytest.param(json.dumps({"format": "other"}), id="wrong-format"),
+        pytest.param(
+            json.dumps({"format": "evospec-frequency-table", "version": 1, "vocab_size": 4, "token_ids": [1, 9], "counts": [2, 1]}),
+            id="id-outside-vocab",
+        ),
+        pytest.param(
+            json.dumps({"format": "evospec-frequency-table", "version": 1, "vocab_size": 4, "token_ids": [1], "counts": [2, 1]}),
+            id="length-mismatch",
+        ),
+        pytest.param(json.dumps({"format": "evospec-frequency-table", "version": 1}), id="missing-keys"),
+    ],
+)
+def test_corrupt_file_raises_naming_the_file(tmp_path, content):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match="corrupt"):
+        FrequencyTable.load(path)
+
+
+def test_table_for_another_vocabulary_is_refused(tmp_path):
+    path = tmp_path / "t.json"
+    FrequencyTable.from_token_ids([[1, 2]], vocab_size=10).save(path)
+    with pytest.raises(ValueError, match="built for a vocabulary of 10"):
+        FrequencyTable.load(path, vocab_size=12)
