@@ -10,6 +10,7 @@ Importing the package lets `generate` accept `evospec_config=`; calls without it
 
 from .config import EvoSpecConfig
 from .generation import (
+    DraftStats,
     EvoSpecCandidateGenerator,
     ShortlistLogitsProcessor,
     custom_generate,
@@ -24,6 +25,7 @@ __version__ = "0.1.0"
 install()
 
 __all__ = [
+    "DraftStats",
     "EvoSpecCandidateGenerator",
     "EvoSpecConfig",
     "FrequencyTable",

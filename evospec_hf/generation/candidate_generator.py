@@ -9,6 +9,8 @@ The target verifies the candidates over the full vocabulary in transformers' own
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, LogitsProcessorList
@@ -17,6 +19,30 @@ from transformers.generation.candidate_generator import AssistedCandidateGenerat
 from ..config import EvoSpecConfig
 from ..ops import resolve_head_backend
 from ..vocab import build_shortlist
+
+
+@dataclass
+class DraftStats:
+    """What drafting achieved in one or more `generate` calls. Pass one as `generate(..., evospec_stats=stats)`.
+
+    Attributes:
+        rounds: draft-and-verify rounds (target forward passes after the prefill).
+        drafted: tokens the drafter proposed.
+        accepted: drafted tokens the target accepted.
+    """
+
+    rounds: int = 0
+    drafted: int = 0
+    accepted: int = 0
+
+    @property
+    def mean_accepted_length(self) -> float:
+        """Tokens produced per round, counting the target's own token (tau; plain decoding is 1.0)."""
+        return (self.accepted + self.rounds) / self.rounds if self.rounds else 0.0
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
 
 
 class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
@@ -31,6 +57,7 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
         target_vocab_size (`int`): rows of the target's LM head; must equal the drafter's.
         inputs_tensor (`torch.Tensor`, *optional*): see `AssistedCandidateGenerator`.
         logits_processor (`LogitsProcessorList`, *optional*): the target's processors, applied to draft scores too.
+        stats (`DraftStats`, *optional*): filled in as rounds complete.
     """
 
     def __init__(
@@ -43,6 +70,7 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
         target_vocab_size: int,
         inputs_tensor: torch.Tensor | None = None,
         logits_processor: LogitsProcessorList | None = None,
+        stats: DraftStats | None = None,
     ):
         if input_ids.shape[0] != 1:
             raise ValueError(
@@ -63,6 +91,7 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
             )
         super().__init__(input_ids, assistant_model, generation_config, model_kwargs, inputs_tensor, logits_processor)
         self.evospec_config = evospec_config
+        self.stats = stats if stats is not None else DraftStats()
         self.num_assistant_tokens = evospec_config.num_draft_tokens
         self.device = assistant_model.device
         self.do_sample = bool(generation_config.do_sample)
@@ -167,8 +196,12 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
             scores (`torch.FloatTensor` of shape `(1, candidate_length + 1, vocab_size)`): the target's scores.
             num_matches (`int`): how many drafts the target accepted.
         """
+        num_matches, num_drafted = int(num_matches), scores.shape[1] - 1
+        self.stats.rounds += 1
+        self.stats.drafted += num_drafted
+        self.stats.accepted += num_matches
         if self.evospec_config.draft_schedule == "heuristic":
-            if int(num_matches) == scores.shape[1] - 1:
+            if num_matches == num_drafted:
                 self.num_assistant_tokens = min(self.num_assistant_tokens + 2, self.evospec_config.max_draft_tokens)
             else:
                 self.num_assistant_tokens = max(1, self.num_assistant_tokens - 1)

@@ -22,19 +22,23 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from types import SimpleNamespace
 
 from transformers import GenerationMixin
 
 from ..config import EvoSpecConfig
-from .candidate_generator import EvoSpecCandidateGenerator
+from .candidate_generator import DraftStats, EvoSpecCandidateGenerator
 
 # a reload of this module must not wrap the wrapper
 _original_generate = getattr(GenerationMixin.generate, "__evospec_original__", GenerationMixin.generate)
 
 
 @contextlib.contextmanager
-def evospec_drafting(model, evospec_config: EvoSpecConfig):
-    """Within this block, assisted decoding on `model` drafts with `EvoSpecCandidateGenerator`."""
+def evospec_drafting(model, evospec_config: EvoSpecConfig, stats: DraftStats | None = None):
+    """Within this block, assisted decoding on `model` drafts with `EvoSpecCandidateGenerator` (filling `stats`).
+
+    Yields a namespace whose `generator` is the candidate generator once transformers has asked for it.
+    """
     if not isinstance(evospec_config, EvoSpecConfig):
         raise TypeError(f"`evospec_config` must be an EvoSpecConfig, got {type(evospec_config).__name__}.")
     if "_get_candidate_generator" in vars(model):
@@ -46,6 +50,8 @@ def evospec_drafting(model, evospec_config: EvoSpecConfig):
     target_vocab_size = (
         target_head.weight.shape[0] if target_head is not None else model.config.get_text_config().vocab_size
     )
+
+    drafting = SimpleNamespace(generator=None)
 
     def _get_candidate_generator(
         generation_config,
@@ -64,10 +70,15 @@ def evospec_drafting(model, evospec_config: EvoSpecConfig):
                 "evospec_hf needs a drafter that shares the target's tokenizer; drop `assistant_tokenizer` "
                 "(and `evospec_config` if the tokenizers really differ)."
             )
+        if generation_config.num_beams > 1 or generation_config.num_return_sequences > 1:
+            raise ValueError(
+                "evospec_hf supports num_beams=1 and num_return_sequences=1 only, got "
+                f"num_beams={generation_config.num_beams}, num_return_sequences={generation_config.num_return_sequences}."
+            )
         for name in ("prompt_lookup_num_tokens", "assistant_early_exit"):
             if getattr(generation_config, name, None) is not None:
                 raise ValueError(f"`{name}` selects another drafting strategy; it cannot be combined with `evospec_config`.")
-        return EvoSpecCandidateGenerator(
+        drafting.generator = EvoSpecCandidateGenerator(
             input_ids=input_ids,
             assistant_model=assistant_model,
             generation_config=generation_config,
@@ -76,27 +87,43 @@ def evospec_drafting(model, evospec_config: EvoSpecConfig):
             target_vocab_size=target_vocab_size,
             inputs_tensor=inputs_tensor,
             logits_processor=logits_processor,
+            stats=stats,
         )
+        return drafting.generator
 
     model._get_candidate_generator = _get_candidate_generator
     try:
-        yield
+        yield drafting
     finally:
         del model._get_candidate_generator
 
 
 @functools.wraps(_original_generate)
-def generate(self, *args, evospec_config: EvoSpecConfig | None = None, **kwargs):
-    """`GenerationMixin.generate`, plus `evospec_config=` to draft with evospec_hf (see the module docstring)."""
+def generate(
+    self, *args, evospec_config: EvoSpecConfig | None = None, evospec_stats: DraftStats | None = None, **kwargs
+):
+    """`GenerationMixin.generate`, plus `evospec_config=` to draft with evospec_hf (see the module docstring).
+
+    `evospec_stats=DraftStats()` is filled with the rounds, drafted and accepted tokens of the call.
+    """
     if evospec_config is None:
+        if evospec_stats is not None:
+            raise ValueError("`evospec_stats` is only filled when `evospec_config` is given.")
         return _original_generate(self, *args, **kwargs)
     if kwargs.get("custom_generate") is not None:
-        # path 2 (or a user's own loop): the callable receives `evospec_config` itself
-        return _original_generate(self, *args, evospec_config=evospec_config, **kwargs)
+        # path 2 (or a user's own loop): the callable receives the evospec arguments itself
+        return _original_generate(self, *args, evospec_config=evospec_config, evospec_stats=evospec_stats, **kwargs)
     if kwargs.get("assistant_model") is None:
         raise ValueError("`evospec_config` needs a drafter: pass `assistant_model=<drafter model>`.")
-    with evospec_drafting(self, evospec_config):
-        return _original_generate(self, *args, **kwargs)
+    with evospec_drafting(self, evospec_config, evospec_stats) as drafting:
+        output = _original_generate(self, *args, **kwargs)
+    if drafting.generator is None:
+        # e.g. num_beams > 1: transformers then runs beam search and only logs that the assistant is ignored
+        raise ValueError(
+            "transformers did not run assisted decoding for these generation flags (num_beams > 1, or another "
+            "decoding strategy), so `evospec_config` would be ignored. Use greedy or sampling with num_beams=1."
+        )
+    return output
 
 
 generate.__evospec_original__ = _original_generate
@@ -121,6 +148,7 @@ def custom_generate(
     synced_gpus: bool = False,
     drafter=None,
     evospec_config: EvoSpecConfig | None = None,
+    evospec_stats: DraftStats | None = None,
     **model_kwargs,
 ):
     """Decoding loop for `model.generate(..., custom_generate=custom_generate, drafter=..., evospec_config=...)`.
@@ -131,11 +159,9 @@ def custom_generate(
     if drafter is None:
         raise ValueError("`custom_generate=evospec_hf.custom_generate` needs the drafter as `drafter=`.")
     evospec_config = evospec_config if evospec_config is not None else EvoSpecConfig()
-    if generation_config.num_beams > 1 or generation_config.num_return_sequences > 1:
-        raise ValueError("evospec_hf supports num_beams=1 and num_return_sequences=1 only.")
     if model._is_stateful:
         raise ValueError(f"speculative decoding cannot roll back a stateful model such as {type(model).__name__}.")
-    with evospec_drafting(model, evospec_config):
+    with evospec_drafting(model, evospec_config, evospec_stats):
         return GenerationMixin._assisted_decoding(
             model,
             input_ids,

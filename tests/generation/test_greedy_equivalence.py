@@ -1,0 +1,163 @@
+"""The core promise: with `evospec_config`, greedy output equals plain greedy `generate`, token for token."""
+
+import pytest
+import torch
+from transformers import TextStreamer
+
+import evospec_hf
+from evospec_hf import DraftStats, EvoSpecConfig
+
+from ..conftest import ARCHITECTURES, EOS, VOCAB_SIZE, noisy_copy
+
+MODES = ["full", "static", "context", "static+context"]
+
+
+def config_for(mode, static_table_path, **overrides):
+    kwargs = dict(shortlist=mode, shortlist_size=40, context_slots=16, num_draft_tokens=4, confidence_threshold=None)
+    if "static" in mode:
+        kwargs["static_shortlist_path"] = static_table_path
+    kwargs.update(overrides)
+    return EvoSpecConfig(**kwargs)
+
+
+@pytest.fixture(scope="module", params=list(ARCHITECTURES))
+def pair(request):
+    """(target, drafters): a noisy copy of the target (high, imperfect agreement) and an unrelated 1-layer model."""
+    build = ARCHITECTURES[request.param]
+    target = build(seed=0)
+    return request.param, target, {"noisy-copy": noisy_copy(target, seed=1), "unrelated": build(seed=2, layers=1)}
+
+
+def prompt(seed, length=12):
+    return torch.randint(3, VOCAB_SIZE, (1, length), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("drafter_kind", ["noisy-copy", "unrelated"])
+def test_greedy_equals_plain_greedy(pair, mode, drafter_kind, static_table_path):
+    _, target, drafters = pair
+    config = config_for(mode, static_table_path)
+    stats = DraftStats()
+    for seed in range(2):
+        input_ids = prompt(seed)
+        expected = target.generate(input_ids, max_new_tokens=24, do_sample=False)
+        got = target.generate(
+            input_ids, max_new_tokens=24, do_sample=False,
+            assistant_model=drafters[drafter_kind], evospec_config=config, evospec_stats=stats,
+        )  # fmt: skip
+        assert torch.equal(got, expected), f"{mode}/{drafter_kind} prompt {seed}"
+    assert stats.rounds > 0 and stats.drafted > stats.rounds  # several tokens drafted per round
+    if drafter_kind == "noisy-copy" and mode == "full":
+        # a drafter that mostly agrees must get multi-token rounds accepted, or the test proves little
+        assert stats.mean_accepted_length > 2.0, stats
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_custom_generate_path_equals_plain_greedy(pair, mode, static_table_path):
+    _, target, drafters = pair
+    input_ids = prompt(5)
+    expected = target.generate(input_ids, max_new_tokens=20, do_sample=False)
+    got = target.generate(
+        input_ids, max_new_tokens=20, do_sample=False,
+        custom_generate=evospec_hf.custom_generate, drafter=drafters["noisy-copy"],
+        evospec_config=config_for(mode, static_table_path),
+    )  # fmt: skip
+    assert torch.equal(got, expected)
+
+
+def test_custom_generate_path_works_without_the_hook(pair, static_table_path):
+    _, target, drafters = pair
+    input_ids = prompt(6)
+    expected = target.generate(input_ids, max_new_tokens=12, do_sample=False)
+    evospec_hf.uninstall()
+    try:
+        with pytest.raises(ValueError, match="evospec_config"):  # plain transformers refuses the unknown kwarg
+            target.generate(input_ids, max_new_tokens=4, assistant_model=drafters["noisy-copy"], evospec_config=EvoSpecConfig())
+        got = target.generate(
+            input_ids, max_new_tokens=12, do_sample=False, custom_generate=evospec_hf.custom_generate,
+            drafter=drafters["noisy-copy"], evospec_config=config_for("context", static_table_path),
+        )  # fmt: skip
+    finally:
+        evospec_hf.install()
+    assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_edge_cases(pair, mode, static_table_path):
+    _, target, drafters = pair
+    drafter = drafters["noisy-copy"]
+    config = config_for(mode, static_table_path)
+    input_ids = prompt(7)
+
+    def both(**kwargs):
+        expected = target.generate(input_ids, do_sample=False, **kwargs)
+        got = target.generate(input_ids, do_sample=False, assistant_model=drafter, evospec_config=config, **kwargs)
+        assert torch.equal(got, expected), kwargs
+        return got
+
+    assert both(max_new_tokens=1).shape[1] == input_ids.shape[1] + 1
+    assert both(max_length=input_ids.shape[1] + 9).shape[1] == input_ids.shape[1] + 9
+    # stopping on EOS: make the target's 5th greedy token the EOS id
+    plain = target.generate(input_ids, max_new_tokens=8, do_sample=False)
+    stop_token = int(plain[0, input_ids.shape[1] + 4])
+    out = both(max_new_tokens=30, eos_token_id=stop_token)
+    assert out[0, -1] == stop_token and out.shape[1] <= input_ids.shape[1] + 5
+    # user logits processors apply to target and drafter alike
+    both(max_new_tokens=16, repetition_penalty=1.3, no_repeat_ngram_size=2)
+
+
+def test_streamer_receives_exactly_the_generated_tokens(pair, static_table_path):
+    _, target, drafters = pair
+
+    class Collect(TextStreamer):
+        def __init__(self):
+            self.chunks, self.ended = [], False
+
+        def put(self, value):
+            self.chunks.append(value.flatten().tolist())
+
+        def end(self):
+            self.ended = True
+
+    input_ids = prompt(8)
+    plain_streamer, evo_streamer = Collect(), Collect()
+    expected = target.generate(input_ids, max_new_tokens=15, do_sample=False, streamer=plain_streamer)
+    got = target.generate(
+        input_ids, max_new_tokens=15, do_sample=False, streamer=evo_streamer,
+        assistant_model=drafters["noisy-copy"], evospec_config=config_for("static+context", static_table_path),
+    )  # fmt: skip
+    assert torch.equal(got, expected)
+    assert evo_streamer.ended
+    flat = [t for chunk in evo_streamer.chunks for t in chunk]
+    assert flat == [t for chunk in plain_streamer.chunks for t in chunk] == got[0].tolist()
+
+
+def test_generation_without_evospec_config_is_untouched(pair):
+    """A call without `evospec_config` runs transformers' own code: HF assisted generation still uses HF's drafter."""
+    _, target, drafters = pair
+    input_ids = prompt(9)
+    drafter = drafters["noisy-copy"]
+    calls = []
+    original = drafter.generate
+    drafter.generate = lambda *a, **k: calls.append(1) or original(*a, **k)
+    try:
+        target.generate(input_ids, max_new_tokens=6, do_sample=False, assistant_model=drafter)
+        assert calls, "plain assisted generation should call the drafter's generate()"
+        calls.clear()
+        target.generate(input_ids, max_new_tokens=6, do_sample=False, assistant_model=drafter, evospec_config=EvoSpecConfig())
+        assert not calls, "evospec_hf must not pay generate() setup per round"
+    finally:
+        del drafter.generate
+    assert "_get_candidate_generator" not in vars(target)
+
+
+def test_return_dict_outputs_match(pair, static_table_path):
+    _, target, drafters = pair
+    input_ids = prompt(10)
+    kwargs = dict(max_new_tokens=10, do_sample=False, return_dict_in_generate=True, output_scores=True)
+    expected = target.generate(input_ids, **kwargs)
+    got = target.generate(input_ids, assistant_model=drafters["noisy-copy"], evospec_config=config_for("context", static_table_path), **kwargs)
+    assert torch.equal(got.sequences, expected.sequences)
+    assert len(got.scores) == len(expected.scores) == 10
+    for a, b in zip(got.scores, expected.scores):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
