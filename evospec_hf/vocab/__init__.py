@@ -1,6 +1,6 @@
 """Where the drafter's shortlist is decided: its sources (static frequency lists, context tokens) and its slots."""
 
-from .frequency import FrequencyTable
+from .frequency import FrequencyTable, build_frequency_table
 from .shortlist import Shortlist, build_shortlist
 
-__all__ = ["FrequencyTable", "Shortlist", "build_shortlist"]
+__all__ = ["FrequencyTable", "build_frequency_table", "Shortlist", "build_shortlist"]

@@ -45,10 +45,15 @@ class FrequencyTable:
             if int(ids.min()) < 0 or int(ids.max()) >= vocab_size:
                 raise ValueError(f"token id out of range [0, {vocab_size}): {int(ids.min())}..{int(ids.max())}")
             counts += torch.bincount(ids, minlength=vocab_size)
+        return cls.from_counts(counts, source)
+
+    @classmethod
+    def from_counts(cls, counts: torch.Tensor, source: str = "") -> "FrequencyTable":
+        """From a `(vocab_size,)` tensor of counts."""
         seen = counts.nonzero().squeeze(1)
         # stable sort: ties keep the smaller id first, so the table is deterministic
         order = torch.sort(counts[seen], descending=True, stable=True).indices
-        return cls(vocab_size=vocab_size, token_ids=seen[order], counts=counts[seen][order], source=source)
+        return cls(vocab_size=counts.numel(), token_ids=seen[order], counts=counts[seen][order], source=source)
 
     def top(self, n: int) -> torch.Tensor:
         """The `n` most frequent token ids (fewer if the corpus saw fewer distinct tokens)."""
@@ -106,3 +111,37 @@ class FrequencyTable:
                 f"drafter's LM head has {vocab_size}; rebuild it with the drafter's tokenizer."
             )
         return table
+
+
+def build_frequency_table(
+    tokenizer, dataset, text_column: str = "text", vocab_size: int | None = None, batch_size: int = 256, source: str = ""
+) -> FrequencyTable:
+    """Counts the tokens of a `datasets.Dataset` (or any iterable of `{text_column: str}` rows), with a progress bar.
+
+    `vocab_size` defaults to `len(tokenizer)`; pass the drafter's LM-head rows when they differ (padded heads).
+    """
+    from tqdm.auto import tqdm
+
+    vocab_size = vocab_size if vocab_size is not None else len(tokenizer)
+    counts = torch.zeros(vocab_size, dtype=torch.long)
+    total = len(dataset) if hasattr(dataset, "__len__") else None
+    batch: list[str] = []
+
+    def flush():
+        ids = tokenizer(batch, add_special_tokens=False)["input_ids"]
+        flat = torch.tensor([i for seq in ids for i in seq], dtype=torch.long)
+        if flat.numel():
+            if int(flat.max()) >= vocab_size:
+                raise ValueError(f"the tokenizer produced id {int(flat.max())}, outside vocab_size {vocab_size}")
+            counts.add_(torch.bincount(flat, minlength=vocab_size))
+        batch.clear()
+
+    for row in tqdm(dataset, total=total, desc="counting tokens", unit="doc"):
+        text = row[text_column]
+        if text:
+            batch.append(text)
+        if len(batch) >= batch_size:
+            flush()
+    if batch:
+        flush()
+    return FrequencyTable.from_counts(counts, source)

@@ -59,3 +59,24 @@ def test_table_for_another_vocabulary_is_refused(tmp_path):
     FrequencyTable.from_token_ids([[1, 2]], vocab_size=10).save(path)
     with pytest.raises(ValueError, match="built for a vocabulary of 10"):
         FrequencyTable.load(path, vocab_size=12)
+
+
+def test_build_from_a_datasets_corpus_with_a_local_tokenizer(tmp_path):
+    """The script's path end to end: text files -> `datasets` -> tokenizer -> table, offline."""
+    from datasets import load_dataset
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from evospec_hf.vocab import build_frequency_table
+
+    vocab = {"[UNK]": 0, "the": 1, "cat": 2, "sat": 3, "mat": 4, "on": 5}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat on the mat\nthe cat\n\nthe dog\n")
+    dataset = load_dataset("text", data_files=str(corpus), split="train", cache_dir=str(tmp_path / "cache"))
+    table = build_frequency_table(tokenizer, dataset, batch_size=2, source="unit")
+    assert table.vocab_size == 6
+    assert table.token_ids.tolist()[:2] == [1, 2]  # 'the' x4, 'cat' x2
+    assert dict(zip(table.token_ids.tolist(), table.counts.tolist())) == {1: 4, 2: 2, 3: 1, 5: 1, 4: 1, 0: 1}
