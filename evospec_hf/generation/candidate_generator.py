@@ -109,7 +109,9 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
         always_in = [t for t in (generation_config._eos_token_tensor, generation_config._pad_token_tensor) if t is not None]
         always_in = torch.cat([t.flatten() for t in always_in]) if always_in else torch.empty(0, dtype=torch.long)
         self.head_backend = resolve_head_backend(evospec_config.head_backend, self.head_weight.device)
-        self.shortlist = build_shortlist(evospec_config, self.head_weight, self.head_bias, always_in, self.head_backend)
+        self.shortlist = build_shortlist(
+            evospec_config, self.head_weight, self.head_bias, always_in, self.head_backend, cache_owner=head
+        )
         self.observes_context = "context" in evospec_config.shortlist_sources
         self.num_observed = 0  # tokens of the sequence already passed to the context source
 

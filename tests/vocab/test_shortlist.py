@@ -95,3 +95,25 @@ def test_build_shortlist_modes(static_table_path):
 def test_shortlist_larger_than_vocabulary_is_refused():
     with pytest.raises(ValueError, match="larger than the drafter's vocabulary"):
         build_shortlist(EvoSpecConfig(shortlist="context", shortlist_size=100), torch.randn(96, 8), None, torch.tensor([2]), "torch")
+
+
+def test_shortlist_is_reused_across_calls_with_context_reset(static_table_path):
+    head = torch.nn.Linear(8, 96, bias=False)
+    config = EvoSpecConfig(shortlist="static+context", shortlist_size=20, context_slots=5, static_shortlist_path=static_table_path)
+
+    def build(cfg=config):
+        return build_shortlist(cfg, head.weight.detach(), None, torch.tensor([2]), "torch", cache_owner=head)
+
+    first = build()
+    fixed = first.token_ids.clone()
+    first.observe(torch.tensor([90, 91, 92]))
+    second = build()
+    assert second is first and torch.equal(second.token_ids, fixed)  # context slots emptied, fixed part kept
+    assert not second.contains(torch.tensor([90, 91, 92])).any()
+    assert_consistent(second)
+    assert build(EvoSpecConfig(shortlist="context", shortlist_size=20)) is not first  # other options: rebuilt
+    with torch.no_grad():
+        head.weight[fixed[1]] += 1.0  # the weights changed in place (e.g. training): packed rows must follow
+    rebuilt = build()
+    assert rebuilt is not first
+    assert_consistent(rebuilt)
