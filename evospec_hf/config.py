@@ -54,8 +54,9 @@ class EvoSpecConfig:
         default=None,
         metadata={
             "help": (
-                "Path to a token frequency table built by `scripts/build_static_shortlist.py` (a .json file). "
-                "Required when `shortlist` includes 'static'."
+                "Token frequency table for 'static': a .json file built by `scripts/build_static_shortlist.py`, or a "
+                "folder holding `evospec_frequency.json`. None: use the `evospec_frequency.json` saved in the "
+                "drafter's own folder (as evospec_hf drafter checkpoints ship it)."
             )
         },
     )
@@ -113,11 +114,6 @@ class EvoSpecConfig:
             raise ValueError(
                 f"`context_slots` ({self.context_slots}) must be smaller than `shortlist_size` "
                 f"({self.shortlist_size}) so that the static list keeps some slots."
-            )
-        if "static" in parts and not self.static_shortlist_path:
-            raise ValueError(
-                f"`static_shortlist_path` is required with `shortlist`={self.shortlist!r}; build one with "
-                "`python scripts/build_static_shortlist.py`."
             )
         if self.num_draft_tokens > self.max_draft_tokens:
             raise ValueError(

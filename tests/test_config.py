@@ -10,6 +10,11 @@ def test_defaults_are_valid_and_full():
     assert config.shortlist == "full" and config.shortlist_sources == ()
 
 
+def test_the_issue_contract_constructs():
+    """`EvoSpecConfig(shortlist="static", shortlist_size=16384)`: the table is found at generate time."""
+    assert EvoSpecConfig(shortlist="static", shortlist_size=16384).static_shortlist_path is None
+
+
 @pytest.mark.parametrize(
     "kwargs, field",
     [
@@ -19,7 +24,6 @@ def test_defaults_are_valid_and_full():
         pytest.param({"shortlist_size": 0}, "shortlist_size", id="size-zero"),
         pytest.param({"shortlist_size": -5}, "shortlist_size", id="size-negative"),
         pytest.param({"shortlist_size": 1.5}, "shortlist_size", id="size-float"),
-        pytest.param({"shortlist": "static"}, "static_shortlist_path", id="static-without-file"),
         pytest.param(
             {"shortlist": "static+context", "static_shortlist_path": "f.json", "shortlist_size": 10, "context_slots": 10},
             "context_slots",

@@ -18,7 +18,7 @@ from transformers.generation.candidate_generator import AssistedCandidateGenerat
 
 from ..config import EvoSpecConfig
 from ..ops import resolve_head_backend
-from ..vocab import build_shortlist
+from ..vocab import build_shortlist, resolve_static_table
 
 
 @dataclass
@@ -109,9 +109,15 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
         always_in = [t for t in (generation_config._eos_token_tensor, generation_config._pad_token_tensor) if t is not None]
         always_in = torch.cat([t.flatten() for t in always_in]) if always_in else torch.empty(0, dtype=torch.long)
         self.head_backend = resolve_head_backend(evospec_config.head_backend, self.head_weight.device)
+        static_table = None
+        if "static" in evospec_config.shortlist_sources:
+            static_table = resolve_static_table(
+                evospec_config.static_shortlist_path, assistant_model, self.head_weight.shape[0]
+            )
         self.shortlist = build_shortlist(
-            evospec_config, self.head_weight, self.head_bias, always_in, self.head_backend, cache_owner=head
-        )
+            evospec_config, self.head_weight, self.head_bias, always_in, self.head_backend,
+            static_table=static_table, cache_owner=head,
+        )  # fmt: skip
         self.observes_context = "context" in evospec_config.shortlist_sources
         self.num_observed = 0  # tokens of the sequence already passed to the context source
 

@@ -17,6 +17,7 @@ import torch
 
 FORMAT_NAME = "evospec-frequency-table"
 FORMAT_VERSION = 1
+TABLE_NAME = "evospec_frequency.json"  # its file name inside a drafter folder
 
 
 @dataclass
@@ -61,6 +62,8 @@ class FrequencyTable:
         return self.token_ids[:n]
 
     def save(self, path: str | os.PathLike) -> None:
+        """Writes the table to `path` (a .json file, or a folder: then `<folder>/evospec_frequency.json`)."""
+        path = os.path.join(path, TABLE_NAME) if os.path.isdir(path) else os.fspath(path)
         data = {
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
@@ -83,6 +86,8 @@ class FrequencyTable:
         and every `generate` call asks for it. The same object comes back while the file is unchanged.
         """
         path = os.path.abspath(os.fspath(path))
+        if os.path.isdir(path):
+            path = os.path.join(path, TABLE_NAME)
         if not os.path.isfile(path):
             raise FileNotFoundError(
                 f"static shortlist file {path!r} does not exist; build it with `python scripts/build_static_shortlist.py`."
@@ -122,6 +127,20 @@ class FrequencyTable:
         except (ValueError, KeyError, TypeError) as err:  # json.JSONDecodeError is a ValueError
             raise ValueError(f"static shortlist file {path!r} is corrupt: {err}") from err
         return table
+
+
+def resolve_static_table(static_shortlist_path, drafter, vocab_size: int) -> FrequencyTable:
+    """The table for `shortlist='static'`: the configured path, else `evospec_frequency.json` in the drafter's folder."""
+    if static_shortlist_path:
+        return FrequencyTable.load(static_shortlist_path, vocab_size=vocab_size)
+    folder = getattr(drafter, "name_or_path", "") or ""
+    if os.path.isfile(os.path.join(folder, TABLE_NAME)):
+        return FrequencyTable.load(folder, vocab_size=vocab_size)
+    raise FileNotFoundError(
+        f"shortlist='static' needs a token frequency table, but `static_shortlist_path` is not set and the drafter's "
+        f"folder ({folder or 'none: the drafter was not loaded from a folder'!r}) has no {TABLE_NAME}. Build one "
+        f"with `python scripts/build_static_shortlist.py --out <drafter folder or file>`."
+    )
 
 
 @functools.lru_cache(maxsize=8)

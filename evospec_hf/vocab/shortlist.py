@@ -182,16 +182,16 @@ def build_shortlist(
     lm_head_bias: torch.Tensor | None,
     always_ids: torch.Tensor,
     backend: str,
+    static_table=None,
     cache_owner: torch.nn.Module | None = None,
 ) -> Shortlist | None:
     """The shortlist an `EvoSpecConfig` asks for (context slots empty), or None for `shortlist='full'`.
 
     `always_ids` (EOS, pad) come first; 'static' adds the table's most frequent tokens; 'context' reserves
-    `context_slots` slots (all remaining slots when it is the only source). With `cache_owner` (the drafter's LM-head
+    `context_slots` slots (all remaining slots when it is the only source). 'static' needs `static_table` (a
+    `FrequencyTable`, see `resolve_static_table`). With `cache_owner` (the drafter's LM-head
     module), a shortlist built before for the same head, options, weights and static file is reused.
     """
-    from .frequency import FrequencyTable
-
     sources = config.shortlist_sources
     if not sources:
         return None
@@ -201,7 +201,9 @@ def build_shortlist(
             f"`shortlist_size` ({config.shortlist_size}) is larger than the drafter's vocabulary ({vocab_size})."
         )
     always_ids = always_ids.to(torch.long).flatten().cpu()
-    table = FrequencyTable.load(config.static_shortlist_path, vocab_size=vocab_size) if "static" in sources else None
+    table = static_table if "static" in sources else None
+    if "static" in sources and (table is None or table.vocab_size != vocab_size):
+        raise ValueError(f"shortlist='static' needs a FrequencyTable for a vocabulary of {vocab_size} tokens.")
     key = (
         config.shortlist, config.shortlist_size, config.context_slots, id(table), tuple(always_ids.tolist()), backend,
         lm_head_weight._version, None if lm_head_bias is None else lm_head_bias._version,

@@ -122,3 +122,8 @@ def test_unsupported_head_is_refused(target):
     drafter.forward = scaled_forward
     with pytest.raises(ValueError, match="cannot shortlist this architecture"):
         target.generate(PROMPT, max_new_tokens=3, assistant_model=drafter, evospec_config=EvoSpecConfig())
+
+
+def test_static_without_any_table_explains_both_ways(target, drafter):
+    with pytest.raises(FileNotFoundError, match="static_shortlist_path.*build_static_shortlist"):
+        target.generate(PROMPT, max_new_tokens=3, assistant_model=drafter, evospec_config=EvoSpecConfig(shortlist="static", shortlist_size=10))

@@ -161,3 +161,21 @@ def test_return_dict_outputs_match(pair, static_table_path):
     assert len(got.scores) == len(expected.scores) == 10
     for a, b in zip(got.scores, expected.scores):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_the_literal_user_contract(tmp_path, static_table_path):
+    """The issue's call, verbatim: the static table comes from the drafter's own folder."""
+    from evospec_hf import FrequencyTable
+
+    from ..conftest import tiny_llama
+
+    target, drafter = tiny_llama(seed=0), tiny_llama(seed=0)
+    drafter.save_pretrained(tmp_path)
+    FrequencyTable.load(static_table_path).save(tmp_path)  # -> <drafter folder>/evospec_frequency.json
+    drafter = type(drafter).from_pretrained(tmp_path).eval()
+    inputs = {"input_ids": prompt(11), "attention_mask": torch.ones(1, 12, dtype=torch.long)}
+    model = target
+    out = model.generate(**inputs, assistant_model=drafter,
+                         evospec_config=EvoSpecConfig(shortlist="static", shortlist_size=64),
+                         max_new_tokens=32)  # fmt: skip
+    assert torch.equal(out, model.generate(**inputs, max_new_tokens=32))

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from evospec_hf import EvoSpecConfig
+from evospec_hf import EvoSpecConfig, FrequencyTable
 from evospec_hf.ops import sparse_lm_head_reference
 from evospec_hf.vocab import Shortlist, build_shortlist
 
@@ -77,18 +77,16 @@ def test_build_shortlist_modes(static_table_path):
     special = torch.tensor([2, 0])
     assert build_shortlist(EvoSpecConfig(), weight, None, special, "torch") is None
 
-    static = build_shortlist(
-        EvoSpecConfig(shortlist="static", shortlist_size=10, static_shortlist_path=static_table_path), weight, None, special, "torch"
-    )
+    table = FrequencyTable.load(static_table_path)
+    static = build_shortlist(EvoSpecConfig(shortlist="static", shortlist_size=10), weight, None, special, "torch", table)
     assert static.token_ids[:2].tolist() == [2, 0] and len(static) == 10 and static.capacity == 10
 
     context = build_shortlist(EvoSpecConfig(shortlist="context", shortlist_size=10), weight, None, special, "torch")
     assert context.token_ids.tolist() == [2, 0] and context.capacity == 10
 
     union = build_shortlist(
-        EvoSpecConfig(shortlist="static+context", shortlist_size=10, context_slots=3, static_shortlist_path=static_table_path),
-        weight, None, special, "torch",
-    )  # fmt: skip
+        EvoSpecConfig(shortlist="static+context", shortlist_size=10, context_slots=3), weight, None, special, "torch", table
+    )
     assert len(union) == 7 and union.capacity == 10
 
 
@@ -99,10 +97,11 @@ def test_shortlist_larger_than_vocabulary_is_refused():
 
 def test_shortlist_is_reused_across_calls_with_context_reset(static_table_path):
     head = torch.nn.Linear(8, 96, bias=False)
-    config = EvoSpecConfig(shortlist="static+context", shortlist_size=20, context_slots=5, static_shortlist_path=static_table_path)
+    config = EvoSpecConfig(shortlist="static+context", shortlist_size=20, context_slots=5)
+    table = FrequencyTable.load(static_table_path)
 
     def build(cfg=config):
-        return build_shortlist(cfg, head.weight.detach(), None, torch.tensor([2]), "torch", cache_owner=head)
+        return build_shortlist(cfg, head.weight.detach(), None, torch.tensor([2]), "torch", table, cache_owner=head)
 
     first = build()
     fixed = first.token_ids.clone()
@@ -117,3 +116,8 @@ def test_shortlist_is_reused_across_calls_with_context_reset(static_table_path):
     rebuilt = build()
     assert rebuilt is not first
     assert_consistent(rebuilt)
+
+
+def test_static_without_a_table_is_refused():
+    with pytest.raises(ValueError, match="needs a FrequencyTable"):
+        build_shortlist(EvoSpecConfig(shortlist="static", shortlist_size=10), torch.randn(96, 8), None, torch.tensor([2]), "torch")
