@@ -104,3 +104,18 @@ def test_logits_processor_equals_expand():
     torch.testing.assert_close(masked, shortlist.expand(shortlist.logits(hidden)))
     by_ids = ShortlistLogitsProcessor(torch.tensor([3, 1, 7, 30, 12]))(torch.tensor([[0]]), hidden @ weight.T)
     torch.testing.assert_close(by_ids, masked)
+
+
+def test_logits_processor_composes_with_user_processors():
+    """In any `generate` call, the processor keeps every token inside the shortlist, next to other processors."""
+    from transformers import LogitsProcessorList
+
+    model = tiny_llama(seed=0)
+    allowed = torch.tensor([2, 10, 11, 12, 13, 40, 41])
+    out = model.generate(
+        torch.tensor([[4, 5, 6]]), max_new_tokens=20, do_sample=False, repetition_penalty=1.5, no_repeat_ngram_size=2,
+        logits_processor=LogitsProcessorList([ShortlistLogitsProcessor(allowed)]),
+    )  # fmt: skip
+    new = out[0, 3:]
+    assert torch.isin(new, allowed).all()
+    assert new.unique().numel() > 1  # the user's repetition processors still act within the shortlist
