@@ -18,6 +18,7 @@ from .generation import (
     install,
     uninstall,
 )
+from .models import load_target
 from .vocab import FrequencyTable, Shortlist
 
 __version__ = "0.1.0"
@@ -34,5 +35,6 @@ __all__ = [
     "custom_generate",
     "evospec_drafting",
     "install",
+    "load_target",
     "uninstall",
 ]
