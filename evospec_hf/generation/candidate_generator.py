@@ -100,7 +100,9 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
         # greedy with no processors: argmax over the shortlist logits, nothing full-vocabulary sized per token
         self.greedy_fast_path = not self.do_sample and len(self.logits_processor) == 0
 
-        self.drafter_body = assistant_model.base_model
+        # a peft-wrapped drafter's `base_model` is the LoRA wrapper: the decoder body is on the model beneath
+        unwrapped = assistant_model.get_base_model() if hasattr(assistant_model, "get_base_model") else assistant_model
+        self.drafter_body = unwrapped.base_model
         self.head_weight = head.weight.detach()
         self.head_bias = None if getattr(head, "bias", None) is None else head.bias.detach()
         self.logit_softcap = getattr(assistant_model.config.get_text_config(), "final_logit_softcapping", None)
@@ -226,7 +228,7 @@ def _check_drafter_head(drafter, generator: EvoSpecCandidateGenerator) -> None:
     probe = torch.arange(1, 4, device=generator.device).clamp(max=generator.head_weight.shape[0] - 1)[None, :]
     with torch.no_grad():
         expected = drafter(input_ids=probe, use_cache=False).logits[0, -1].float()
-        hidden = drafter.base_model(input_ids=probe, use_cache=False).last_hidden_state[0, -1:]
+        hidden = generator.drafter_body(input_ids=probe, use_cache=False).last_hidden_state[0, -1:]
         logits = F.linear(hidden, generator.head_weight, generator.head_bias).float()[0]
         if generator.logit_softcap is not None:
             logits = torch.tanh(logits / generator.logit_softcap) * generator.logit_softcap

@@ -1,0 +1,57 @@
+"""Drafters built from their target: the target's first layers, its final norm and its LM head.
+
+No pretrained drafter shares Gemma-3's or SmolLM2's tokenizer offline, so evospec_hf makes one from the target
+and distils it (`scripts/distill_drafter.py`). The input embedding and the LM head are the target's own modules,
+shared rather than copied: at |V| = 262,144 x 640 each copy would cost 670 MB, and the drafter never trains them.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+
+def drafter_from_target(target, num_layers: int):
+    """A causal LM of the target's class with its first `num_layers` decoder layers (copied).
+
+    Embeddings and LM head are shared with `target`: do not train them through the drafter.
+    """
+    config = copy.deepcopy(target.config)
+    text_config = config.get_text_config()
+    total = text_config.num_hidden_layers
+    if not 1 <= num_layers < total:
+        raise ValueError(f"num_layers must be in [1, {total - 1}] for a {total}-layer target, got {num_layers}")
+    text_config.num_hidden_layers = num_layers
+    if getattr(text_config, "layer_types", None) is not None:
+        text_config.layer_types = text_config.layer_types[:num_layers]
+    vocab_size = text_config.vocab_size
+    # built with a tiny vocabulary (room for the padding index only), then given the target's embedding modules
+    text_config.vocab_size = (getattr(text_config, "pad_token_id", None) or 0) + 1
+    drafter = type(target)(config)
+    drafter.set_input_embeddings(target.get_input_embeddings())
+    drafter.set_output_embeddings(target.get_output_embeddings())
+    text_config.vocab_size = vocab_size
+
+    own = drafter.state_dict()
+    shared = {name for name, _ in drafter.named_parameters() if _is_shared(drafter, name)}
+    copied = {k: v.detach().clone() for k, v in target.state_dict().items() if k in own and k not in shared}
+    missing = set(own) - set(copied) - shared - _tied_names(drafter)
+    if missing:
+        raise ValueError(f"could not initialise the drafter's {sorted(missing)[:5]} from the target")
+    drafter.load_state_dict(copied, strict=False)
+    drafter.generation_config = copy.deepcopy(target.generation_config)
+    return drafter.to(target.dtype).eval()
+
+
+def _is_shared(model, param_name: str) -> bool:
+    embedding_params = {id(p) for p in model.get_input_embeddings().parameters()}
+    embedding_params |= {id(p) for p in model.get_output_embeddings().parameters()}
+    return id(dict(model.named_parameters())[param_name]) in embedding_params
+
+
+def _tied_names(model) -> set[str]:
+    """State-dict names that alias the shared embedding tensors (e.g. `lm_head.weight` when tied)."""
+    embedding_tensors = {p.data_ptr() for p in model.get_input_embeddings().parameters()}
+    embedding_tensors |= {p.data_ptr() for p in model.get_output_embeddings().parameters()}
+    return {k for k, v in model.state_dict().items() if isinstance(v, torch.Tensor) and v.data_ptr() in embedding_tensors}

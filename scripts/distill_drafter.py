@@ -1,0 +1,217 @@
+"""Distils a small drafter from its target, on a 2-core CPU, resumably.
+
+    python scripts/distill_drafter.py --target gemma-3-270m --layers 2 --out checkpoints/gemma-3-270m-drafter-l2
+
+The drafter is the target's first `--layers` decoder layers with the target's final norm and (frozen, shared) LM
+head. It learns PEFT LoRA adapters on every linear layer of those decoder layers, by knowledge distillation on the
+target's next-token distribution:
+
+1. teacher: the target's top-k logits on training chunks (code, law, general, medical, from
+   `evospec_hf.data`), cached in `<cache>/teacher-<target>-<seq_len>/` and shared by every depth;
+2. train: loss = cross-entropy between the teacher's top-k distribution and the drafter's softmax over a sampled
+   shortlist (the batch's teacher top-k ids plus random negatives). The full 262k-way softmax never runs, which keeps
+   time and memory within a laptop-class CPU;
+3. eval: greedy agreement with the target, teacher-forced, per domain on held-out text, before and after;
+4. save: the adapter, `evospec_drafter.json` and `distill_report.json` in `--out`.
+
+Every stage resumes where it stopped (teacher shards on disk, training state every `--save-every` steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from evospec_hf.data import DOMAINS, load_domain_corpus
+from evospec_hf.models import default_cache_dir, load_target
+from evospec_hf.models.drafter import drafter_from_target
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def chunks_for(tokenizer, split: str, seq_len: int, per_domain: int, seed: int):
+    """Up to `per_domain` token chunks of `seq_len` per domain: list of (domain, LongTensor[seq_len])."""
+    rng = random.Random(seed)
+    out = []
+    for domain in DOMAINS:
+        texts = load_domain_corpus(domain, split)["text"]
+        order = list(range(len(texts)))
+        rng.shuffle(order)
+        picked = []
+        for i in order:
+            ids = tokenizer(texts[i], add_special_tokens=False)["input_ids"]
+            bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+            ids = bos + ids
+            for start in range(0, len(ids) - seq_len + 1, seq_len):
+                picked.append(torch.tensor(ids[start : start + seq_len]))
+                if len(picked) >= per_domain:
+                    break
+            if len(picked) >= per_domain:
+                break
+            if len(ids) < seq_len and len(ids) >= seq_len // 2:  # short documents (wiki): keep, padded later
+                picked.append(torch.tensor(ids))
+        out += [(domain, c) for c in picked[:per_domain]]
+    return out
+
+
+@torch.no_grad()
+def cache_teacher(target, chunks, cache_dir: Path, topk: int, shard_size: int = 8):
+    """Writes shards of (domain, ids, top-k ids int32, top-k logits fp16); existing shards are kept (resume)."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    shards = [chunks[i : i + shard_size] for i in range(0, len(chunks), shard_size)]
+    for n, shard in enumerate(tqdm(shards, desc="teacher top-k (resumable)", unit="shard")):
+        path = cache_dir / f"shard_{n:05d}.pt"
+        if path.exists():
+            continue
+        records = []
+        for domain, ids in shard:
+            logits = target(ids[None]).logits[0].float()
+            values, indices = logits.topk(topk, dim=-1)
+            records.append({"domain": domain, "ids": ids, "topk_ids": indices.int(), "topk_logits": values.half()})
+        torch.save(records, f"{path}.tmp")
+        os.replace(f"{path}.tmp", path)
+    return sorted(cache_dir.glob("shard_*.pt"))
+
+
+def kd_loss(drafter, head_weight, record_batch, negatives: int, vocab_size: int, generator):
+    """Sampled-shortlist KD: teacher top-k distribution vs the drafter's softmax over (top-k ids + negatives)."""
+    losses = []
+    for rec in record_batch:
+        ids = rec["ids"][None]
+        hidden = drafter.base_model(input_ids=ids).last_hidden_state[0]  # (T, d)
+        teacher_ids = rec["topk_ids"].long()  # (T, k)
+        teacher_probs = rec["topk_logits"].float().softmax(-1)  # (T, k)
+        candidates = torch.unique(torch.cat([teacher_ids.flatten(), torch.randint(0, vocab_size, (negatives,), generator=generator)]))
+        logits = hidden @ head_weight.index_select(0, candidates).T  # (T, |candidates|)
+        position = torch.searchsorted(candidates, teacher_ids)  # where each teacher id sits among the candidates
+        log_q = logits.log_softmax(-1).gather(1, position)
+        losses.append(-(teacher_probs * log_q).sum(-1).mean())
+    return torch.stack(losses).mean()
+
+
+@torch.no_grad()
+def agreement(target, drafter, chunks) -> dict:
+    """Share of positions where the drafter's greedy next token equals the target's, per domain (teacher-forced)."""
+    hits, totals = {}, {}
+    for domain, ids in tqdm(chunks, desc="agreement", unit="chunk", leave=False):
+        t = target(ids[None]).logits[0].argmax(-1)
+        d = drafter(ids[None]).logits[0].argmax(-1)
+        hits[domain] = hits.get(domain, 0) + int((t == d).sum())
+        totals[domain] = totals.get(domain, 0) + ids.numel()
+    return {d: round(hits[d] / totals[d], 4) for d in totals}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--target", default="gemma-3-270m")
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--train-chunks", type=int, default=96, help="training chunks per domain")
+    parser.add_argument("--eval-chunks", type=int, default=8, help="held-out chunks per domain")
+    parser.add_argument("--topk", type=int, default=64)
+    parser.add_argument("--negatives", type=int, default=4096)
+    parser.add_argument("--lora-rank", type=int, default=64)
+    parser.add_argument("--epochs", type=float, default=3.0)
+    parser.add_argument("--batch", type=int, default=4, help="chunks per optimiser step")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--save-every", type=int, default=25)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict, get_peft_model_state_dict
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    target, tokenizer = load_target(args.target)
+    for p in target.parameters():
+        p.requires_grad_(False)
+
+    train_chunks = chunks_for(tokenizer, "train", args.seq_len, args.train_chunks, args.seed)
+    eval_chunks = chunks_for(tokenizer, "heldout", args.seq_len, args.eval_chunks, args.seed)
+    teacher_dir = default_cache_dir() / f"teacher-{args.target}-{args.seq_len}-{args.train_chunks}-{args.topk}"
+    shard_paths = cache_teacher(target, train_chunks, teacher_dir, args.topk)
+    records = [r for path in shard_paths for r in torch.load(path)]
+
+    drafter = drafter_from_target(target, args.layers)
+    report_path = out / "distill_report.json"
+    report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    if "agreement_before" not in report:
+        report["agreement_before"] = agreement(target, drafter, eval_chunks)
+        report_path.write_text(json.dumps(report, indent=2))
+    print("agreement before:", report["agreement_before"])
+
+    lora = LoraConfig(r=args.lora_rank, lora_alpha=args.lora_rank, target_modules=LORA_TARGETS, lora_dropout=0.0)
+    model = get_peft_model(drafter, lora)
+    head_weight = target.get_output_embeddings().weight.detach()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.0)
+    total_steps = math.ceil(len(records) * args.epochs / args.batch)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
+    )
+    state_path = out / "train_state.pt"
+    step, history = 0, []
+    if state_path.exists():  # resume
+        state = torch.load(state_path, weights_only=False)
+        set_peft_model_state_dict(model, state["adapter"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        step, history = state["step"], state["history"]
+    gen = torch.Generator().manual_seed(args.seed + step)
+    order = torch.randperm(len(records) * math.ceil(args.epochs), generator=torch.Generator().manual_seed(args.seed))
+    order = (order % len(records)).tolist()
+    model.train()
+    start = time.time()
+    with tqdm(total=total_steps, initial=step, desc=f"distilling {args.layers}-layer drafter", unit="step") as bar:
+        while step < total_steps:
+            batch = [records[i] for i in order[step * args.batch : (step + 1) * args.batch]]
+            # `drafter` is the model peft injected its LoRA layers into: its decoder body runs them
+            loss = kd_loss(drafter, head_weight, batch, args.negatives, head_weight.shape[0], gen)
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            optimizer.step()
+            schedule.step()
+            step += 1
+            history.append(round(loss.item(), 4))
+            bar.update()
+            bar.set_postfix(loss=f"{sum(history[-10:]) / len(history[-10:]):.3f}")
+            if step % args.save_every == 0 or step == total_steps:
+                state = {
+                    "adapter": get_peft_model_state_dict(model), "optimizer": optimizer.state_dict(),
+                    "schedule": schedule.state_dict(), "step": step, "history": history,
+                }  # fmt: skip
+                torch.save(state, f"{state_path}.tmp")
+                os.replace(f"{state_path}.tmp", state_path)
+    model.eval()
+    report["train_seconds_this_run"] = round(time.time() - start, 1)
+    report["agreement_after"] = agreement(target, model, eval_chunks)
+    print("agreement after:", report["agreement_after"])
+    report.update(
+        target=args.target, layers=args.layers, lora_rank=args.lora_rank, steps=step, seq_len=args.seq_len,
+        train_chunks_per_domain=args.train_chunks, eval_chunks_per_domain=args.eval_chunks, topk=args.topk,
+        negatives=args.negatives, loss_first=history[:5], loss_last=history[-5:],
+    )  # fmt: skip
+    report_path.write_text(json.dumps(report, indent=2))
+    model.save_pretrained(out / "adapter")
+    (out / "evospec_drafter.json").write_text(
+        json.dumps({"target": args.target, "num_layers": args.layers, "adapter": "adapter"}, indent=2)
+    )
+    print(f"saved to {out}")
+
+
+if __name__ == "__main__":
+    main()
