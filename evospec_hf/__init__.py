@@ -18,7 +18,7 @@ from .generation import (
     install,
     uninstall,
 )
-from .models import load_target
+from .models import EvoSpecDrafter, load_target
 from .vocab import FrequencyTable, Shortlist
 
 __version__ = "0.1.0"
@@ -29,6 +29,7 @@ __all__ = [
     "DraftStats",
     "EvoSpecCandidateGenerator",
     "EvoSpecConfig",
+    "EvoSpecDrafter",
     "FrequencyTable",
     "Shortlist",
     "ShortlistLogitsProcessor",

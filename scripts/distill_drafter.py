@@ -206,11 +206,58 @@ def main():
         negatives=args.negatives, loss_first=history[:5], loss_last=history[-5:],
     )  # fmt: skip
     report_path.write_text(json.dumps(report, indent=2))
-    model.save_pretrained(out / "adapter")
-    (out / "evospec_drafter.json").write_text(
-        json.dumps({"target": args.target, "num_layers": args.layers, "adapter": "adapter"}, indent=2)
-    )
+    save_checkpoint(model, tokenizer, out, args.target, report)
     print(f"saved to {out}")
+
+
+def frequency_table_for(tokenizer, vocab_size: int):
+    """The static (FR-Spec) list shipped with the drafter: token counts over every domain's train split."""
+    from datasets import concatenate_datasets
+
+    from evospec_hf.vocab import build_frequency_table
+
+    corpus = concatenate_datasets([load_domain_corpus(d, "train") for d in DOMAINS])
+    return build_frequency_table(tokenizer, corpus, vocab_size=vocab_size, source="evospec_hf.data train splits: " + ", ".join(DOMAINS))
+
+
+def model_card(report: dict) -> str:
+    rows = "\n".join(
+        f"| {d} | {report['agreement_before'][d]:.1%} | {report['agreement_after'][d]:.1%} |" for d in report["agreement_after"]
+    )
+    return f"""---
+library_name: evospec_hf
+tags: [speculative-decoding, drafter, lora]
+---
+# evospec_hf drafter for {report['target']}
+
+The first {report['layers']} decoder layers of {report['target']}, with its final norm and (shared, frozen) LM head, plus
+a LoRA adapter (rank {report['lora_rank']}) distilled by `scripts/distill_drafter.py` on the target's top-{report['topk']}
+next-token distribution ({report['steps']} steps, {report['train_chunks_per_domain']} chunks of {report['seq_len']} tokens
+per domain from evospec_hf.data's train splits).
+
+Greedy agreement with the target, teacher-forced, on held-out text ({report['eval_chunks_per_domain']} chunks per domain):
+
+| domain | before distillation | after |
+|---|---:|---:|
+{rows}
+
+```python
+import evospec_hf
+drafter = evospec_hf.EvoSpecDrafter.from_pretrained("<this folder or repo>", target=model)
+out = model.generate(**inputs, assistant_model=drafter,
+                     evospec_config=evospec_hf.EvoSpecConfig(shortlist="static", shortlist_size=16384))
+```
+
+The output equals the target's plain greedy output; the drafter only changes speed.
+"""
+
+
+def save_checkpoint(model, tokenizer, out: Path, target_name: str, report: dict) -> None:
+    from evospec_hf import EvoSpecDrafter
+
+    vocab_size = model.get_base_model().get_output_embeddings().weight.shape[0]
+    table = frequency_table_for(tokenizer, vocab_size)
+    EvoSpecDrafter.save_pretrained(model, out, target_name, table, model_card(report))
 
 
 if __name__ == "__main__":

@@ -133,7 +133,8 @@ def resolve_static_table(static_shortlist_path, drafter, vocab_size: int) -> Fre
     """The table for `shortlist='static'`: the configured path, else `evospec_frequency.json` in the drafter's folder."""
     if static_shortlist_path:
         return FrequencyTable.load(static_shortlist_path, vocab_size=vocab_size)
-    folder = getattr(drafter, "name_or_path", "") or ""
+    unwrapped = drafter.get_base_model() if hasattr(drafter, "get_base_model") else drafter  # a peft drafter
+    folder = getattr(unwrapped, "name_or_path", "") or ""
     if os.path.isfile(os.path.join(folder, TABLE_NAME)):
         return FrequencyTable.load(folder, vocab_size=vocab_size)
     raise FileNotFoundError(

