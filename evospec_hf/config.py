@@ -8,8 +8,8 @@ from dataclasses import asdict, dataclass, field, fields
 
 CONFIG_NAME = "evospec_config.json"
 
-# Shortlist sources that can be combined with "+" (e.g. "static+context").
-SHORTLIST_SOURCES = ("static", "context")
+# Shortlist sources that can be combined with "+" (e.g. "static+context"); "router" combines with "context" only.
+SHORTLIST_SOURCES = ("static", "context", "router")
 # "full" drafts over the whole vocabulary: plain assisted decoding with evospec_hf's lean draft loop.
 SHORTLIST_MODES = ("full",) + SHORTLIST_SOURCES
 HEAD_BACKENDS = ("auto", "torch", "triton")
@@ -31,8 +31,9 @@ class EvoSpecConfig:
             "help": (
                 "Which tokens the drafter may propose. 'full': the whole vocabulary (no shortlist). 'static': the "
                 "`shortlist_size` most frequent tokens of a corpus (FR-Spec), read from `static_shortlist_path`. "
-                "'context': tokens already seen in the prompt and the generated text. Sources combine with '+', "
-                "e.g. 'static+context'. EOS and pad tokens are always in."
+                "'context': tokens already seen in the prompt and the generated text. 'router': at every draft "
+                "step, the token clusters a learned router picks from the drafter's hidden state (DynaSpec). "
+                "Sources combine with '+': 'static+context', 'router+context'. EOS and pad tokens are always in."
             )
         },
     )
@@ -57,6 +58,16 @@ class EvoSpecConfig:
                 "Token frequency table for 'static': a .json file built by `scripts/build_static_shortlist.py`, or a "
                 "folder holding `evospec_frequency.json`. None: use the `evospec_frequency.json` saved in the "
                 "drafter's own folder (as evospec_hf drafter checkpoints ship it)."
+            )
+        },
+    )
+    router_path: str | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "For 'router': a folder holding `evospec_router.json`, `evospec_router.safetensors` and "
+                "`evospec_clusters.safetensors` (made by `scripts/train_router.py`). None: the drafter's own folder. "
+                "The router's clusters get the slots left after special tokens and `context_slots`."
             )
         },
     )
@@ -110,6 +121,13 @@ class EvoSpecConfig:
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
         if isinstance(self.context_slots, bool) or not isinstance(self.context_slots, int) or self.context_slots < 0:
             raise ValueError(f"`context_slots` must be a non-negative integer, got {self.context_slots!r}.")
+        if "router" in parts and "static" in parts:
+            raise ValueError(f"`shortlist`: 'router' combines with 'context' only, got {self.shortlist!r}.")
+        if "router" in parts and "context" in parts and self.context_slots >= self.shortlist_size:
+            raise ValueError(
+                f"`context_slots` ({self.context_slots}) must be smaller than `shortlist_size` "
+                f"({self.shortlist_size}) so that the router's clusters keep some slots."
+            )
         if "static" in parts and "context" in parts and self.context_slots >= self.shortlist_size:
             raise ValueError(
                 f"`context_slots` ({self.context_slots}) must be smaller than `shortlist_size` "

@@ -23,7 +23,6 @@ import argparse
 import json
 import math
 import os
-import random
 import time
 from pathlib import Path
 
@@ -31,36 +30,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from evospec_hf.data import DOMAINS, load_domain_corpus
+from evospec_hf.data import DOMAINS, load_domain_corpus, token_chunks
 from evospec_hf.models import default_cache_dir, load_target
 from evospec_hf.models.drafter import drafter_from_target
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-def chunks_for(tokenizer, split: str, seq_len: int, per_domain: int, seed: int):
-    """Up to `per_domain` token chunks of `seq_len` per domain: list of (domain, LongTensor[seq_len])."""
-    rng = random.Random(seed)
-    out = []
-    for domain in DOMAINS:
-        texts = load_domain_corpus(domain, split)["text"]
-        order = list(range(len(texts)))
-        rng.shuffle(order)
-        picked = []
-        for i in order:
-            ids = tokenizer(texts[i], add_special_tokens=False)["input_ids"]
-            bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-            ids = bos + ids
-            for start in range(0, len(ids) - seq_len + 1, seq_len):
-                picked.append(torch.tensor(ids[start : start + seq_len]))
-                if len(picked) >= per_domain:
-                    break
-            if len(picked) >= per_domain:
-                break
-            if len(ids) < seq_len and len(ids) >= seq_len // 2:  # short documents (wiki): keep, padded later
-                picked.append(torch.tensor(ids))
-        out += [(domain, c) for c in picked[:per_domain]]
-    return out
 
 
 @torch.no_grad()
@@ -139,8 +113,8 @@ def main():
     for p in target.parameters():
         p.requires_grad_(False)
 
-    train_chunks = chunks_for(tokenizer, "train", args.seq_len, args.train_chunks, args.seed)
-    eval_chunks = chunks_for(tokenizer, "heldout", args.seq_len, args.eval_chunks, args.seed)
+    train_chunks = token_chunks(tokenizer, "train", args.seq_len, args.train_chunks, args.seed)
+    eval_chunks = token_chunks(tokenizer, "heldout", args.seq_len, args.eval_chunks, args.seed)
     teacher_dir = default_cache_dir() / f"teacher-{args.target}-{args.seq_len}-{args.train_chunks}-{args.topk}"
     shard_paths = cache_teacher(target, train_chunks, teacher_dir, args.topk)
     records = [r for path in shard_paths for r in torch.load(path)]

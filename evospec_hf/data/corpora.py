@@ -19,6 +19,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import random
 import re
 import sysconfig
 
@@ -92,3 +93,34 @@ def load_domain_corpus(domain: str, split: str = "train", max_docs: int | None =
     if max_docs is not None:
         rows = rows[:max_docs]
     return Dataset.from_list(rows) if rows else Dataset.from_dict({"id": [], "domain": [], "text": []})
+
+
+def token_chunks(tokenizer, split: str, seq_len: int, per_domain: int, seed: int):
+    """Up to `per_domain` token chunks of `seq_len` per domain: list of (domain, LongTensor[<= seq_len]).
+
+    Documents are shuffled with `seed` and cut into consecutive chunks; documents shorter than `seq_len` but at
+    least half of it (most Wikipedia summaries) are kept whole. Each chunk starts with BOS when the tokenizer has one.
+    """
+    import torch
+
+    rng = random.Random(seed)
+    out = []
+    for domain in DOMAINS:
+        texts = load_domain_corpus(domain, split)["text"]
+        order = list(range(len(texts)))
+        rng.shuffle(order)
+        picked = []
+        for i in order:
+            ids = tokenizer(texts[i], add_special_tokens=False)["input_ids"]
+            bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+            ids = bos + ids
+            for start in range(0, len(ids) - seq_len + 1, seq_len):
+                picked.append(torch.tensor(ids[start : start + seq_len]))
+                if len(picked) >= per_domain:
+                    break
+            if len(picked) >= per_domain:
+                break
+            if len(ids) < seq_len and len(ids) >= seq_len // 2:  # short documents (wiki): keep, padded later
+                picked.append(torch.tensor(ids))
+        out += [(domain, c) for c in picked[:per_domain]]
+    return out

@@ -19,6 +19,8 @@ from transformers.generation.candidate_generator import AssistedCandidateGenerat
 from ..config import EvoSpecConfig
 from ..ops import resolve_head_backend
 from ..vocab import build_shortlist, resolve_static_table
+from ..vocab.router import load_routed_head
+from ..vocab.shortlist import expand_to_vocab
 
 
 @dataclass
@@ -104,6 +106,7 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
         unwrapped = assistant_model.get_base_model() if hasattr(assistant_model, "get_base_model") else assistant_model
         self.drafter_body = unwrapped.base_model
         self.head_weight = head.weight.detach()
+        self.vocab_size = self.head_weight.shape[0]
         self.head_bias = None if getattr(head, "bias", None) is None else head.bias.detach()
         self.logit_softcap = getattr(assistant_model.config.get_text_config(), "final_logit_softcapping", None)
         _check_drafter_head(assistant_model, self)
@@ -120,6 +123,10 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
             evospec_config, self.head_weight, self.head_bias, always_in, self.head_backend,
             static_table=static_table, cache_owner=head,
         )  # fmt: skip
+        self.routed = None
+        if "router" in evospec_config.shortlist_sources:
+            budget = evospec_config.shortlist_size - self.shortlist.capacity
+            self.routed = load_routed_head(evospec_config.router_path, assistant_model, head, budget)
         self.observes_context = "context" in evospec_config.shortlist_sources
         self.num_observed = 0  # tokens of the sequence already passed to the context source
 
@@ -127,15 +134,28 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
         # sliding-window layers (e.g. Gemma 3) must keep their past until we crop rejected drafts
         self.cache.activate_past_recording()
 
-    def head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """`(num_positions, hidden_size)` -> float32 logits over the shortlist slots (or the vocabulary for 'full')."""
-        if self.shortlist is not None:
-            logits = self.shortlist.logits(hidden)
+    def draft_logits(self, hidden: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The drafter's LM head for one position, over the shortlist only.
+
+        Args:
+            hidden: `(1, hidden_size)` final hidden state.
+
+        Returns:
+            the token id of each logit column (`(n,)`, or None when the columns are the whole vocabulary) and the
+            float32 logits `(1, n)`. With a router, the columns change at every step: the shortlist's slots, then
+            the tokens of the clusters the router picks (those already in the slots are masked, not repeated).
+        """
+        if self.shortlist is None:
+            ids, logits = None, F.linear(hidden, self.head_weight, self.head_bias).float()
         else:
-            logits = F.linear(hidden, self.head_weight, self.head_bias).float()
+            ids, logits = self.shortlist.token_ids, self.shortlist.logits(hidden)
+            if self.routed is not None:
+                routed_ids, routed_logits = self.routed.logits(hidden, self.routed.select(hidden))
+                routed_logits = routed_logits.masked_fill(self.shortlist.contains(routed_ids), float("-inf"))
+                ids, logits = torch.cat([ids, routed_ids]), torch.cat([logits, routed_logits], dim=-1)
         if self.logit_softcap is not None:
             logits = torch.tanh(logits / self.logit_softcap) * self.logit_softcap
-        return logits
+        return ids, logits
 
     @torch.no_grad()
     def get_candidates(self, input_ids: torch.LongTensor, **kwargs) -> tuple[torch.LongTensor, torch.Tensor | None]:
@@ -160,31 +180,41 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
 
         feed = self._rewind_cache(input_ids)
         sequence = input_ids
-        step_logits = []
+        steps = []  # (column token ids or None, logits) per drafted token
         threshold = self.evospec_config.confidence_threshold
         for _ in range(num_drafts):
             hidden = self.drafter_body(input_ids=feed, past_key_values=self.cache, use_cache=True).last_hidden_state
-            logits = self.head_logits(hidden[:, -1])  # (1, slots)
+            ids, logits = self.draft_logits(hidden[:, -1])
             if self.greedy_fast_path:
                 choice = logits.argmax(dim=-1)
-                token = choice if self.shortlist is None else self.shortlist.token_ids[choice]
+                token = choice if ids is None else ids[choice]
             else:
                 # the draft distribution q that speculative sampling needs: processed exactly as the target's
-                logits = self.logits_processor(sequence, logits if self.shortlist is None else self.shortlist.expand(logits))
+                full = logits if ids is None else expand_to_vocab(ids, logits, self.vocab_size)
+                ids, logits = None, self.logits_processor(sequence, full)
                 if self.do_sample:
                     choice = token = torch.multinomial(logits.softmax(dim=-1), num_samples=1).squeeze(1)
                 else:
                     choice = token = logits.argmax(dim=-1)
-            step_logits.append(logits)
+            steps.append((ids, logits))
             sequence = torch.cat([sequence, token[:, None]], dim=-1)
             feed = token[:, None]
             if threshold is not None and logits.softmax(dim=-1)[0, choice[0]] < threshold:
                 break
+        return sequence, self._candidate_logits(steps)
 
-        candidate_logits = torch.stack(step_logits, dim=1)
-        if self.greedy_fast_path and self.shortlist is not None:
-            candidate_logits = self.shortlist.expand(candidate_logits)  # once per round, not per token
-        return sequence, candidate_logits
+    def _candidate_logits(self, steps) -> torch.Tensor:
+        """`(1, num_steps, vocab_size)` from per-step (ids, logits): one -inf fill per round, not per token."""
+        if all(ids is None for ids, _ in steps):
+            return torch.stack([logits for _, logits in steps], dim=1)
+        first = steps[0][0]
+        if all(ids.data_ptr() == first.data_ptr() and ids.numel() == first.numel() for ids, _ in steps):
+            # the same slots all round (no router): one batched copy
+            return expand_to_vocab(steps[0][0], torch.stack([logits for _, logits in steps], dim=1), self.vocab_size)
+        out = steps[0][1].new_full((1, len(steps), self.vocab_size), float("-inf"))
+        for i, (ids, logits) in enumerate(steps):
+            out[:, i].index_copy_(-1, ids, logits)
+        return out
 
     def _rewind_cache(self, input_ids: torch.LongTensor) -> torch.LongTensor:
         """Drops the drafter's KV entries past the verified prefix; returns the tokens it has yet to read.

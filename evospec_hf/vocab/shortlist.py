@@ -158,8 +158,13 @@ class Shortlist:
         `(..., num_active) -> (..., vocab_size)`. Equal to `ShortlistLogitsProcessor(self)` applied to the drafter's
         full logits, without computing them. Called once per round (candidate logits) or on the sampling path.
         """
-        out = slot_logits.new_full((*slot_logits.shape[:-1], self.vocab_size), float("-inf"))
-        return out.index_copy_(-1, self.token_ids, slot_logits)
+        return expand_to_vocab(self.token_ids, slot_logits, self.vocab_size)
+
+
+def expand_to_vocab(token_ids: torch.Tensor, logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """`(..., n)` logits of `token_ids` -> `(..., vocab_size)`, -inf at every other id."""
+    out = logits.new_full((*logits.shape[:-1], vocab_size), float("-inf"))
+    return out.index_copy_(-1, token_ids, logits)
 
 
 def _unique_in_order(ids: torch.Tensor) -> torch.Tensor:
@@ -216,11 +221,15 @@ def build_shortlist(
     fixed_ids = _unique_in_order(torch.cat(fixed))
     if "context" not in sources:
         context_slots = 0
-    elif "static" not in sources:
+    elif "static" not in sources and "router" not in sources:
         context_slots = config.shortlist_size - min(fixed_ids.numel(), config.shortlist_size)
     else:
         context_slots = config.context_slots
-    if fixed_ids.numel() >= config.shortlist_size and context_slots == 0 and "context" in sources:
+    if "router" in sources:  # the router's clusters take the remaining slots, per draft step (see RoutedHead)
+        size = min(config.shortlist_size, fixed_ids.numel() + context_slots)
+    else:
+        size = config.shortlist_size
+    if fixed_ids.numel() >= config.shortlist_size and context_slots == 0 and "context" in sources and "router" not in sources:
         raise ValueError(
             f"`shortlist_size` ({config.shortlist_size}) leaves no slot for context tokens after the "
             f"{fixed_ids.numel()} special tokens."
@@ -228,7 +237,7 @@ def build_shortlist(
     shortlist = Shortlist(
         lm_head_weight,
         lm_head_bias,
-        size=config.shortlist_size,
+        size=size,
         fixed_ids=fixed_ids,
         context_slots=context_slots,
         backend=backend,

@@ -9,13 +9,21 @@ from evospec_hf import DraftStats, EvoSpecConfig
 
 from ..conftest import ARCHITECTURES, EOS, VOCAB_SIZE, noisy_copy
 
-MODES = ["full", "static", "context", "static+context"]
+MODES = ["full", "static", "context", "static+context", "router", "router+context"]
+
+
+@pytest.fixture(autouse=True)
+def _router(router_folder):
+    global ROUTER_FOLDER
+    ROUTER_FOLDER = router_folder
 
 
 def config_for(mode, static_table_path, **overrides):
     kwargs = dict(shortlist=mode, shortlist_size=40, context_slots=16, num_draft_tokens=4, confidence_threshold=None)
     if "static" in mode:
         kwargs["static_shortlist_path"] = static_table_path
+    if "router" in mode:
+        kwargs["router_path"] = ROUTER_FOLDER
     kwargs.update(overrides)
     return EvoSpecConfig(**kwargs)
 

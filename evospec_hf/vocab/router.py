@@ -1,0 +1,151 @@
+"""DynaSpec's cluster router: picks, at every draft step, the token clusters the next token is likely in.
+
+`ClusterRouter` is a light meta-classifier from the drafter's final hidden state to cluster scores, trained by
+`scripts/train_router.py` on the target's next-token distribution. `RoutedHead` turns its choice into logits:
+the LM-head rows are kept in a cluster-contiguous copy (`clusters.order`), so the rows of a selected cluster are
+one contiguous block, read in place. Clusters are added best first until the step's token budget is spent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import weakref
+
+import torch
+from torch import nn
+
+from .clusters import TokenClusters
+
+ROUTER_CONFIG = "evospec_router.json"
+ROUTER_WEIGHTS = "evospec_router.safetensors"
+
+
+class ClusterRouter(nn.Module):
+    """`(num_positions, hidden_size)` -> `(num_positions, num_clusters)` cluster scores (logits).
+
+    Args:
+        hidden_size: the drafter's hidden size.
+        num_clusters: number of token clusters.
+        inner_size: width of one hidden layer; 0 makes the router a single linear layer.
+    """
+
+    def __init__(self, hidden_size: int, num_clusters: int, inner_size: int = 0):
+        super().__init__()
+        self.config = {"hidden_size": hidden_size, "num_clusters": num_clusters, "inner_size": inner_size}
+        if inner_size:
+            self.net = nn.Sequential(nn.Linear(hidden_size, inner_size), nn.GELU(), nn.Linear(inner_size, num_clusters))
+        else:
+            self.net = nn.Linear(hidden_size, num_clusters)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.net(hidden.to(self.net[0].weight.dtype if self.config["inner_size"] else self.net.weight.dtype))
+
+    def save(self, folder: str | os.PathLike) -> None:
+        from safetensors.torch import save_file
+
+        os.makedirs(folder, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, os.path.join(folder, ROUTER_WEIGHTS))
+        with open(os.path.join(folder, ROUTER_CONFIG), "w") as f:
+            json.dump(self.config, f, indent=2)
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> "ClusterRouter":
+        from safetensors.torch import load_file
+
+        config_path, weights_path = os.path.join(folder, ROUTER_CONFIG), os.path.join(folder, ROUTER_WEIGHTS)
+        for path in (config_path, weights_path):
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"{path} is missing; train a router with `python scripts/train_router.py`.")
+        try:
+            with open(config_path) as f:
+                router = cls(**json.load(f))
+            router.load_state_dict(load_file(weights_path))
+        except Exception as err:
+            raise ValueError(f"the router in {folder} is corrupt: {err}") from err
+        return router.eval()
+
+
+class RoutedHead:
+    """LM-head logits over the clusters a router picks for each draft step.
+
+    Args:
+        router: the trained `ClusterRouter`.
+        clusters: the `TokenClusters` it was trained for.
+        lm_head_weight: `(vocab_size, hidden_size)` drafter LM head; a cluster-contiguous copy is made once.
+        lm_head_bias: optional `(vocab_size,)` bias.
+        budget: tokens per step taken from clusters (clusters are added best first while they fit; at least one).
+    """
+
+    def __init__(self, router, clusters: TokenClusters, lm_head_weight, lm_head_bias, budget: int):
+        if clusters.vocab_size != lm_head_weight.shape[0]:
+            raise ValueError(f"clusters cover {clusters.vocab_size} tokens, the LM head has {lm_head_weight.shape[0]}")
+        if router.config["num_clusters"] != clusters.num_clusters:
+            raise ValueError(f"router scores {router.config['num_clusters']} clusters, clusters has {clusters.num_clusters}")
+        device = lm_head_weight.device
+        self.router = router.to(device)
+        self.clusters = clusters
+        self.order = clusters.order.to(device)
+        self.offsets = clusters.offsets.tolist()
+        self.sizes = clusters.sizes().to(device)
+        self.budget = budget
+        # the one full-size copy: rows in cluster order, so a cluster is a contiguous block (made once per drafter)
+        self.sorted_weight = lm_head_weight.index_select(0, self.order)
+        self.sorted_bias = None if lm_head_bias is None else lm_head_bias.index_select(0, self.order)
+
+    def select(self, hidden: torch.Tensor) -> list[int]:
+        """Cluster ids for one position `(1, hidden_size)`, best first, within the token budget."""
+        with torch.no_grad():
+            scores = self.router(hidden)[0]
+        ranked = torch.argsort(scores, descending=True)
+        fits = torch.cumsum(self.sizes[ranked], 0) <= self.budget
+        count = max(1, int(fits.sum()))
+        return ranked[:count].tolist()
+
+    def logits(self, hidden: torch.Tensor, clusters: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(1, hidden)` -> (token ids `(n,)`, float32 logits `(1, n)`) over the given clusters, reading rows in place."""
+        pieces, ids = [], []
+        for c in clusters:
+            start, end = self.offsets[c], self.offsets[c + 1]
+            bias = None if self.sorted_bias is None else self.sorted_bias[start:end]
+            pieces.append(torch.nn.functional.linear(hidden, self.sorted_weight[start:end], bias))
+            ids.append(self.order[start:end])
+        return torch.cat(ids), torch.cat(pieces, dim=-1).float()
+
+
+# per drafter LM-head module: the cluster-sorted copy of the head is the costly part (a full-size copy)
+_ROUTED_CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def resolve_router_folder(router_path, drafter) -> str:
+    """`router_path`, else the drafter's own folder, if it holds a router."""
+    if router_path:
+        return os.fspath(router_path)
+    unwrapped = drafter.get_base_model() if hasattr(drafter, "get_base_model") else drafter
+    folder = getattr(unwrapped, "name_or_path", "") or ""
+    if os.path.isfile(os.path.join(folder, ROUTER_CONFIG)):
+        return folder
+    raise FileNotFoundError(
+        f"shortlist='router' needs a trained router, but `router_path` is not set and the drafter's folder "
+        f"({folder or 'none: the drafter was not loaded from a folder'!r}) has no {ROUTER_CONFIG}. "
+        "Train one with `python scripts/train_router.py`."
+    )
+
+
+def load_routed_head(router_path, drafter, lm_head: nn.Module, budget: int) -> RoutedHead:
+    """The `RoutedHead` for a drafter, reused across `generate` calls while nothing it depends on changes."""
+    folder = os.path.abspath(resolve_router_folder(router_path, drafter))
+    stamps = tuple(
+        os.stat(os.path.join(folder, name)).st_mtime_ns if os.path.exists(os.path.join(folder, name)) else None
+        for name in (ROUTER_CONFIG, ROUTER_WEIGHTS, "evospec_clusters.safetensors")
+    )
+    bias = getattr(lm_head, "bias", None)
+    key = (folder, stamps, lm_head.weight._version, None if bias is None else bias._version)
+    cached_key, routed = _ROUTED_CACHE.get(lm_head, (None, None))
+    if cached_key != key:
+        weight = lm_head.weight.detach()
+        clusters = TokenClusters.load(folder, vocab_size=weight.shape[0])
+        routed = RoutedHead(ClusterRouter.load(folder), clusters, weight, None if bias is None else bias.detach(), budget)
+        _ROUTED_CACHE[lm_head] = (key, routed)
+    routed.budget = budget
+    return routed

@@ -1,0 +1,154 @@
+"""Trains the DynaSpec cluster router of a drafter checkpoint, and reports shortlist recall.
+
+    python scripts/train_router.py --checkpoint checkpoints/gemma-3-270m-drafter-l2
+
+1. clusters: faiss k-means over the target's LM-head rows, sizes bounded (see evospec_hf/vocab/clusters.py);
+2. data: the drafter's final hidden states on the distillation chunks, labelled with the target's top-k next-token
+   distribution (the teacher cache written by `distill_drafter.py`) summed per cluster;
+3. train: a light classifier from hidden state to cluster, cross-entropy on those soft labels;
+4. recall: on held-out text, the share of the target's greedy next tokens inside the shortlist, per domain and
+   budget, for the router, router + context tokens, the static list, and static + context;
+5. save: `evospec_router.json`, `evospec_router.safetensors`, `evospec_clusters.safetensors` and
+   `router_report.json` into the checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from evospec_hf import EvoSpecDrafter, FrequencyTable
+from evospec_hf.data import token_chunks
+from evospec_hf.models import default_cache_dir, load_target
+from evospec_hf.vocab.clusters import cluster_vocabulary
+from evospec_hf.vocab.router import ClusterRouter, RoutedHead
+
+
+@torch.no_grad()
+def hidden_states(drafter, ids: torch.Tensor) -> torch.Tensor:
+    body = drafter.get_base_model().base_model if hasattr(drafter, "get_base_model") else drafter.base_model
+    return body(input_ids=ids[None]).last_hidden_state[0]
+
+
+@torch.no_grad()
+def recall_report(target, drafter, routed: RoutedHead, table: FrequencyTable, chunks, budgets) -> dict:
+    """Recall of the target's greedy next token, per domain and budget, for four shortlists."""
+    counts = {}
+    for domain, ids in tqdm(chunks, desc="recall on held-out text", unit="chunk"):
+        truth = target(ids[None]).logits[0].argmax(-1)  # (T,) next token after each position
+        hidden = hidden_states(drafter, ids)
+        scores = routed.router(hidden)  # (T, C)
+        ranked = torch.argsort(scores, dim=-1, descending=True)
+        truth_cluster = routed.clusters.cluster_of[truth]
+        # rank of the true token's cluster, and the tokens that come before it in the routed order
+        cluster_rank = (ranked == truth_cluster[:, None]).float().argmax(-1)
+        sizes = routed.sizes[ranked]  # (T, C)
+        tokens_before = torch.cumsum(sizes, -1)
+        static_rank = torch.full((table.vocab_size,), table.vocab_size, dtype=torch.long)
+        static_rank[table.token_ids] = torch.arange(table.token_ids.numel())
+        for t in range(ids.numel()):
+            seen = set(ids[: t + 1].tolist())
+            in_context = int(truth[t]) in seen
+            for budget in budgets:
+                fits = int((tokens_before[t] <= budget).sum().clamp(min=1))
+                routed_hit = int(cluster_rank[t]) < fits
+                static_hit = int(static_rank[truth[t]]) < budget
+                row = counts.setdefault((domain, budget), [0, 0, 0, 0, 0])
+                row[0] += 1
+                row[1] += routed_hit
+                row[2] += routed_hit or in_context
+                row[3] += static_hit
+                row[4] += static_hit or in_context
+    report = {}
+    for (domain, budget), (n, router, router_ctx, static, static_ctx) in sorted(counts.items()):
+        report.setdefault(domain, {})[str(budget)] = {
+            "router": round(router / n, 4), "router+context": round(router_ctx / n, 4),
+            "static": round(static / n, 4), "static+context": round(static_ctx / n, 4), "positions": n,
+        }  # fmt: skip
+    return report
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--clusters", type=int, default=1024)
+    parser.add_argument("--max-cluster-size", type=int, default=None, help="default: twice the mean")
+    parser.add_argument("--inner-size", type=int, default=0, help="router hidden layer width (0: linear)")
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--eval-chunks", type=int, default=4, help="held-out chunks per domain for recall")
+    parser.add_argument("--budgets", default="1024,4096,16384")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.manual_seed(args.seed)
+    folder = Path(args.checkpoint)
+    config = EvoSpecDrafter.read_config(folder)
+    distill = json.loads((folder / "distill_report.json").read_text())
+    target, tokenizer = load_target(config["target"])
+    drafter = EvoSpecDrafter.from_pretrained(folder, target=target)
+    head = target.get_output_embeddings().weight.detach()
+
+    start = time.time()
+    clusters = cluster_vocabulary(head, args.clusters, args.max_cluster_size, seed=args.seed)
+    print(f"clustered {head.shape[0]:,} tokens into {clusters.num_clusters} clusters in {time.time() - start:.0f} s; "
+          f"sizes {int(clusters.sizes().min())}..{int(clusters.sizes().max())}")  # fmt: skip
+
+    teacher_dir = default_cache_dir() / (
+        f"teacher-{config['target']}-{distill['seq_len']}-{distill['train_chunks_per_domain']}-{distill['topk']}"
+    )
+    shards = sorted(teacher_dir.glob("shard_*.pt"))
+    if not shards:
+        raise SystemExit(f"no teacher cache in {teacher_dir}: run scripts/distill_drafter.py first")
+    features, labels = [], []
+    for path in tqdm(shards, desc="drafter hidden states", unit="shard"):
+        for rec in torch.load(path):
+            features.append(hidden_states(drafter, rec["ids"]))
+            probs = rec["topk_logits"].float().softmax(-1)
+            label = torch.zeros(probs.shape[0], clusters.num_clusters)
+            label.scatter_add_(1, clusters.cluster_of[rec["topk_ids"].long()], probs)
+            labels.append(label)
+    features, labels = torch.cat(features), torch.cat(labels)
+
+    router = ClusterRouter(head.shape[1], clusters.num_clusters, args.inner_size)
+    optimizer = torch.optim.AdamW(router.parameters(), lr=args.lr)
+    batch = 1024
+    for epoch in tqdm(range(args.epochs), desc="training router", unit="epoch"):
+        perm = torch.randperm(features.shape[0])
+        total = 0.0
+        for i in range(0, features.shape[0], batch):
+            idx = perm[i : i + batch]
+            loss = -(labels[idx] * F.log_softmax(router(features[idx]), -1)).sum(-1).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * idx.numel()
+        tqdm.write(f"epoch {epoch + 1}: loss {total / features.shape[0]:.3f}")
+    router.eval()
+
+    budgets = [int(b) for b in args.budgets.split(",")]
+    routed = RoutedHead(router, clusters, head, None, budget=max(budgets))
+    table = FrequencyTable.load(folder, vocab_size=head.shape[0])
+    eval_chunks = token_chunks(tokenizer, "heldout", distill["seq_len"], args.eval_chunks, args.seed + 1)
+    report = {
+        "clusters": clusters.num_clusters, "cluster_size_min": int(clusters.sizes().min()),
+        "cluster_size_max": int(clusters.sizes().max()), "router_inner_size": args.inner_size,
+        "train_positions": int(features.shape[0]), "epochs": args.epochs,
+        "recall": recall_report(target, drafter, routed, table, eval_chunks, budgets),
+    }  # fmt: skip
+    clusters.save(folder)
+    router.save(folder)
+    (folder / "router_report.json").write_text(json.dumps(report, indent=2))
+    for domain, rows in report["recall"].items():
+        for budget, r in rows.items():
+            print(f"{domain:<8} {budget:>6}: " + "  ".join(f"{k} {v:.1%}" for k, v in r.items() if k != "positions"))
+    print(f"saved router to {folder}")
+
+
+if __name__ == "__main__":
+    main()

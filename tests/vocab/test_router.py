@@ -1,0 +1,76 @@
+import pytest
+import torch
+
+from evospec_hf import EvoSpecConfig
+from evospec_hf.ops import sparse_lm_head_reference
+from evospec_hf.vocab.clusters import TokenClusters, cluster_vocabulary
+from evospec_hf.vocab.router import ClusterRouter, RoutedHead
+
+
+def test_cluster_sizes_are_bounded_and_cover_the_vocabulary():
+    # two tight groups of very different sizes: k-means alone would make one huge cluster
+    gen = torch.Generator().manual_seed(0)
+    big = torch.randn(1, 16, generator=gen) + 0.01 * torch.randn(900, 16, generator=gen)
+    small = torch.randn(100, 16, generator=gen)
+    clusters = cluster_vocabulary(torch.cat([big, small]), num_clusters=10, max_cluster_size=150)
+    assert clusters.sizes().max() <= 150 and clusters.sizes().min() >= 1
+    assert sorted(clusters.order.tolist()) == list(range(1000))
+    for c in range(clusters.num_clusters):
+        members = clusters.order[clusters.offsets[c] : clusters.offsets[c + 1]]
+        assert (clusters.cluster_of[members] == c).all()
+
+
+def test_empty_clusters_are_dropped():
+    clusters = TokenClusters.from_assignment(torch.tensor([5, 5, 9, 2, 9]))
+    assert clusters.num_clusters == 3 and clusters.sizes().tolist() == [1, 2, 2]
+
+
+def test_clusters_round_trip_and_corruption(tmp_path):
+    clusters = TokenClusters.from_assignment(torch.tensor([1, 0, 1, 2, 0, 2]))
+    clusters.save(tmp_path)
+    loaded = TokenClusters.load(tmp_path, vocab_size=6)
+    assert torch.equal(loaded.cluster_of, clusters.cluster_of) and torch.equal(loaded.order, clusters.order)
+    with pytest.raises(ValueError, match="not 7"):
+        TokenClusters.load(tmp_path, vocab_size=7)
+    (tmp_path / "evospec_clusters.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="corrupt"):
+        TokenClusters.load(tmp_path)
+
+
+def test_routed_head_reads_the_selected_clusters_within_budget():
+    gen = torch.Generator().manual_seed(0)
+    weight, bias = torch.randn(60, 8, generator=gen), torch.randn(60, generator=gen)
+    clusters = TokenClusters.from_assignment(torch.arange(60) % 6)  # 6 clusters of 10
+    router = ClusterRouter(8, 6, inner_size=4)
+    head = RoutedHead(router, clusters, weight, bias, budget=25)
+    hidden = torch.randn(1, 8, generator=gen)
+    chosen = head.select(hidden)
+    assert len(chosen) == 2  # 10 + 10 fit in 25 tokens, a third cluster would not
+    assert chosen[0] == int(router(hidden).argmax())
+    ids, logits = head.logits(hidden, chosen)
+    assert sorted(ids.tolist()) == sorted(clusters.tokens_of(torch.tensor(chosen)).tolist())
+    torch.testing.assert_close(logits, sparse_lm_head_reference(hidden, weight, ids, bias))
+
+
+def test_router_round_trip(tmp_path):
+    router = ClusterRouter(8, 5, inner_size=3)
+    router.save(tmp_path)
+    hidden = torch.randn(2, 8)
+    torch.testing.assert_close(ClusterRouter.load(tmp_path)(hidden), router(hidden))
+
+
+def test_router_config_rules():
+    EvoSpecConfig(shortlist="router+context", shortlist_size=100, context_slots=20)
+    with pytest.raises(ValueError, match="'router' combines with 'context' only"):
+        EvoSpecConfig(shortlist="router+static", static_shortlist_path="x")
+    with pytest.raises(ValueError, match="context_slots"):
+        EvoSpecConfig(shortlist="router+context", shortlist_size=10, context_slots=10)
+
+
+def test_missing_router_is_explained():
+    from evospec_hf.vocab.router import resolve_router_folder
+
+    from ..conftest import tiny_llama
+
+    with pytest.raises(FileNotFoundError, match="train_router.py"):
+        resolve_router_folder(None, tiny_llama(seed=0))
