@@ -74,6 +74,28 @@ def recall_report(target, drafter, routed: RoutedHead, table: FrequencyTable, ch
     return report
 
 
+def update_model_card(card_path: Path, report: dict) -> None:
+    """Adds (or replaces) the router section of the checkpoint's model card."""
+    marker = "\n## DynaSpec router\n"
+    card = card_path.read_text() if card_path.exists() else ""
+    card = card.split(marker)[0].rstrip() + "\n"
+    lines = [
+        marker,
+        f"{report['clusters']} token clusters (faiss k-means on LM-head rows, sizes {report['cluster_size_min']}.."
+        f"{report['cluster_size_max']}); router trained on {report['train_positions']:,} positions. Recall of the "
+        "target's greedy next token on held-out text:\n",
+        "| domain | budget | router | router+context | static | static+context |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for domain, rows in report["recall"].items():
+        for budget, r in rows.items():
+            lines.append(
+                f"| {domain} | {budget} | {r['router']:.1%} | {r['router+context']:.1%} | {r['static']:.1%} | "
+                f"{r['static+context']:.1%} |"
+            )
+    card_path.write_text(card + "\n".join(lines) + "\n")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True)
@@ -144,6 +166,7 @@ def main():
     clusters.save(folder)
     router.save(folder)
     (folder / "router_report.json").write_text(json.dumps(report, indent=2))
+    update_model_card(folder / "README.md", report)
     for domain, rows in report["recall"].items():
         for budget, r in rows.items():
             print(f"{domain:<8} {budget:>6}: " + "  ".join(f"{k} {v:.1%}" for k, v in r.items() if k != "positions"))

@@ -64,7 +64,7 @@ class TokenClusters:
         from safetensors.torch import save_file
 
         os.makedirs(folder, exist_ok=True)
-        save_file({"order": self.order, "offsets": self.offsets}, os.path.join(folder, CLUSTERS_NAME))
+        save_file({"order": self.order.int(), "offsets": self.offsets.long()}, os.path.join(folder, CLUSTERS_NAME))
 
     @classmethod
     def load(cls, folder: str | os.PathLike, vocab_size: int | None = None) -> "TokenClusters":

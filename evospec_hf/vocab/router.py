@@ -45,7 +45,8 @@ class ClusterRouter(nn.Module):
         from safetensors.torch import save_file
 
         os.makedirs(folder, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, os.path.join(folder, ROUTER_WEIGHTS))
+        # float16 on disk (half the size); `load` casts back to float32
+        save_file({k: v.half().contiguous() for k, v in self.state_dict().items()}, os.path.join(folder, ROUTER_WEIGHTS))
         with open(os.path.join(folder, ROUTER_CONFIG), "w") as f:
             json.dump(self.config, f, indent=2)
 
@@ -60,7 +61,7 @@ class ClusterRouter(nn.Module):
         try:
             with open(config_path) as f:
                 router = cls(**json.load(f))
-            router.load_state_dict(load_file(weights_path))
+            router.load_state_dict({k: v.float() for k, v in load_file(weights_path).items()})
         except Exception as err:
             raise ValueError(f"the router in {folder} is corrupt: {err}") from err
         return router.eval()

@@ -50,7 +50,7 @@ def test_loaded_drafter_equals_the_saved_one(target, checkpoint):
     loaded = EvoSpecDrafter.from_pretrained(folder, target=target)
     assert loaded.get_input_embeddings() is target.get_input_embeddings()
     with torch.no_grad():
-        torch.testing.assert_close(loaded(PROMPT).logits, peft_drafter(PROMPT).logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(loaded(PROMPT).logits, peft_drafter(PROMPT).logits, atol=2e-3, rtol=2e-3)  # fp16 adapter
     # shortlist="static" finds the table shipped in the folder; output is still exactly plain greedy
     expected = target.generate(PROMPT, max_new_tokens=12, do_sample=False)
     got = target.generate(
@@ -82,7 +82,7 @@ def test_load_by_repo_id_from_the_offline_hub_cache(target, checkpoint, tmp_path
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     loaded = EvoSpecDrafter.from_pretrained("evospec/tiny-drafter", target=target, cache_dir=tmp_path / "hub")
     with torch.no_grad():
-        torch.testing.assert_close(loaded(PROMPT).logits, peft_drafter(PROMPT).logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(loaded(PROMPT).logits, peft_drafter(PROMPT).logits, atol=2e-3, rtol=2e-3)  # fp16 adapter
     with pytest.raises(OSError, match="not in the Hugging Face cache"):
         EvoSpecDrafter.from_pretrained("evospec/not-cached", target=target, cache_dir=tmp_path / "hub")
 

@@ -56,7 +56,7 @@ def test_router_round_trip(tmp_path):
     router = ClusterRouter(8, 5, inner_size=3)
     router.save(tmp_path)
     hidden = torch.randn(2, 8)
-    torch.testing.assert_close(ClusterRouter.load(tmp_path)(hidden), router(hidden))
+    torch.testing.assert_close(ClusterRouter.load(tmp_path)(hidden), router(hidden), atol=2e-3, rtol=2e-3)  # fp16 on disk
 
 
 def test_router_config_rules():
