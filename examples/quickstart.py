@@ -36,11 +36,12 @@ def main():
     parser.add_argument("--prompt", default=DEFAULT_PROMPT)
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--checkpoint", default=str(CHECKPOINT))
+    parser.add_argument("--shortlist", default="router+context", help="any EvoSpecConfig.shortlist mode")
     args = parser.parse_args()
 
     model, tokenizer = evospec_hf.load_target("gemma-3-270m")
     drafter = EvoSpecDrafter.from_pretrained(args.checkpoint, target=model)
-    config = EvoSpecConfig(shortlist="static+context", shortlist_size=16384, context_slots=2048)
+    config = EvoSpecConfig(shortlist=args.shortlist, shortlist_size=16384, context_slots=2048)
     inputs = tokenizer(args.prompt, return_tensors="pt")
     prompt_len = inputs["input_ids"].shape[1]
 

@@ -81,6 +81,15 @@ def main():
             lambda: shortlist.token_ids[shortlist.logits(hidden).argmax(-1)], args.repeats, sync=sync
         )
 
+    # the target's verification head: k+1 positions at once. nn.Linear's orientation is slow on CPU BLAS for small M
+    verify = {}
+    for positions in (2, 4, 8):
+        h = torch.randn(positions, args.hidden_size, generator=gen).to(device, dtype)
+        verify[positions] = (
+            timed(lambda: torch.nn.functional.linear(h, weight), max(5, args.repeats // 4), sync=sync),
+            timed(lambda: (weight @ h.T).T, max(5, args.repeats // 4), sync=sync),
+        )
+
     full = results["full head"]
     print(
         f"LM head per draft step: |V|={args.vocab_size:,} d={args.hidden_size} {args.dtype} on {device} "
@@ -90,6 +99,10 @@ def main():
     print(f"{'method':<36}{'ms/step':>10}{'vs full':>10}")
     for name, ms in results.items():
         print(f"{name:<36}{ms:>10.3f}{full / ms:>9.1f}x")
+    print("\nfull head over k+1 positions at once (the target's verification), ms:")
+    print(f"{'positions':<12}{'F.linear(h, W)':>16}{'(W @ h.T).T':>14}")
+    for positions, (linear_ms, transposed_ms) in verify.items():
+        print(f"{positions:<12}{linear_ms:>16.1f}{transposed_ms:>14.1f}")
 
 
 if __name__ == "__main__":

@@ -119,8 +119,14 @@ class EvoSpecDrafter:
         target_name: str,
         frequency_table=None,
         model_card: str | None = None,
+        portable: bool = False,
     ) -> Path:
-        """Writes a checkpoint folder from a `PeftModel` drafter made by `drafter_from_target` + LoRA."""
+        """Writes a checkpoint folder from a `PeftModel` drafter made by `drafter_from_target` + LoRA.
+
+        `custom_generate/generate.py` loads the drafter from this folder's absolute path; with `portable=True`
+        (a folder that moves, e.g. one committed to a repository) it asks for `assistant_model=` instead.
+        `push_to_hub` always writes the repo id.
+        """
         out = Path(save_directory)
         out.mkdir(parents=True, exist_ok=True)
         if not hasattr(drafter, "peft_config"):
@@ -143,7 +149,7 @@ class EvoSpecDrafter:
             frequency_table.save(out)
         if model_card is not None:
             (out / "README.md").write_text(model_card)
-        _write_custom_generate(out, checkpoint_id=str(out.resolve()))
+        _write_custom_generate(out, checkpoint_id="" if portable else str(out.resolve()))
         return out
 
     @staticmethod

@@ -18,6 +18,11 @@ def generate(model, assistant_model=None, evospec_config=None, **kwargs):
     from evospec_hf.models.checkpoint import EvoSpecDrafter
 
     if assistant_model is None:
+        if not CHECKPOINT:
+            raise ValueError(
+                "this checkpoint's custom_generate does not know where it lives (it was copied with a repository); "
+                "pass assistant_model=evospec_hf.EvoSpecDrafter.from_pretrained(<its folder>, target=model)."
+            )
         key = (CHECKPOINT, id(model))
         if key not in _DRAFTERS:
             _DRAFTERS[key] = EvoSpecDrafter.from_pretrained(CHECKPOINT, target=model)
