@@ -222,7 +222,10 @@ out = model.generate(**inputs, assistant_model=drafter,
                      evospec_config=evospec_hf.EvoSpecConfig(shortlist="static", shortlist_size=16384))
 ```
 
-The output equals the target's plain greedy output; the drafter only changes speed.
+The output equals the target's plain greedy output; the drafter only changes speed: measure it on your prompts
+with `examples/quickstart.py --checkpoint <this folder>`.
+
+**Licence:** a derivative of {report['target']}; the target's licence applies (see the evospec_hf README).
 """
 
 
