@@ -157,7 +157,7 @@ class EvoSpecDrafter:
         """Uploads a checkpoint folder to the Hub (needs network and a token). Returns the repo URL."""
         from huggingface_hub import HfApi
 
-        cls_config = EvoSpecDrafter.read_config(folder)  # refuse to upload something that is not a checkpoint
+        config = EvoSpecDrafter.read_config(folder)  # refuse to upload something that is not a checkpoint
         api = HfApi(token=token)
         api.create_repo(repo_id, private=private, exist_ok=True)
         with tempfile.TemporaryDirectory() as staging:  # the uploaded generate.py must name the repo, not the folder
@@ -165,7 +165,7 @@ class EvoSpecDrafter:
             shutil.copytree(folder, staged, ignore=shutil.ignore_patterns("train_state.pt", "*.tmp"))
             _write_custom_generate(staged, checkpoint_id=repo_id)
             api.upload_folder(
-                folder_path=str(staged), repo_id=repo_id, commit_message=f"evospec_hf drafter for {cls_config['target']}"
+                folder_path=str(staged), repo_id=repo_id, commit_message=f"evospec_hf drafter for {config['target']}"
             )
         return f"https://huggingface.co/{repo_id}"
 

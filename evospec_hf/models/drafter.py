@@ -34,9 +34,9 @@ def drafter_from_target(target, num_layers: int):
     text_config.vocab_size = vocab_size
 
     own = drafter.state_dict()
-    shared = {name for name, _ in drafter.named_parameters() if _is_shared(drafter, name)}
+    shared = _shared_names(drafter)
     copied = {k: v.detach().clone() for k, v in target.state_dict().items() if k in own and k not in shared}
-    missing = set(own) - set(copied) - shared - _tied_names(drafter)
+    missing = set(own) - set(copied) - shared
     if missing:
         raise ValueError(f"could not initialise the drafter's {sorted(missing)[:5]} from the target")
     drafter.load_state_dict(copied, strict=False)
@@ -44,14 +44,8 @@ def drafter_from_target(target, num_layers: int):
     return drafter.to(target.dtype).eval()
 
 
-def _is_shared(model, param_name: str) -> bool:
-    embedding_params = {id(p) for p in model.get_input_embeddings().parameters()}
-    embedding_params |= {id(p) for p in model.get_output_embeddings().parameters()}
-    return id(dict(model.named_parameters())[param_name]) in embedding_params
-
-
-def _tied_names(model) -> set[str]:
-    """State-dict names that alias the shared embedding tensors (e.g. `lm_head.weight` when tied)."""
-    embedding_tensors = {p.data_ptr() for p in model.get_input_embeddings().parameters()}
-    embedding_tensors |= {p.data_ptr() for p in model.get_output_embeddings().parameters()}
-    return {k for k, v in model.state_dict().items() if isinstance(v, torch.Tensor) and v.data_ptr() in embedding_tensors}
+def _shared_names(model) -> set[str]:
+    """State-dict names whose tensors are the (shared) input embedding or LM head, tied aliases included."""
+    modules = (model.get_input_embeddings(), model.get_output_embeddings())
+    pointers = {p.data_ptr() for module in modules for p in module.parameters()}
+    return {k for k, v in model.state_dict().items() if isinstance(v, torch.Tensor) and v.data_ptr() in pointers}

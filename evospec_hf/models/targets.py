@@ -30,6 +30,7 @@ class TargetSpec:
     gguf_file: str
     license: str
     license_url: str
+    chunked: bool = False  # the package ships the GGUF in parts and an `assemble(path)` that joins and checks them
 
 
 KNOWN_TARGETS = {
@@ -43,6 +44,7 @@ KNOWN_TARGETS = {
             gguf_file="gemma-3-270m-q4_k_m.gguf",
             license="Gemma Terms of Use (Google); use is subject to the Gemma Prohibited Use Policy",
             license_url="https://ai.google.dev/gemma/terms",
+            chunked=True,
         ),
         TargetSpec(
             name="smollm2-135m",
@@ -81,9 +83,9 @@ def _package_dir(spec: TargetSpec) -> Path:
 
 
 def _locate_gguf(spec: TargetSpec, workdir: Path) -> Path:
-    """Path of the GGUF file, assembling Gemma's chunks into `workdir` first (the package checks their sha256)."""
+    """Path of the GGUF file, assembling chunked packages into `workdir` first (the package checks the sha256)."""
     package_dir = _package_dir(spec)
-    if spec.name == "gemma-3-270m":
+    if spec.chunked:
         module = importlib.import_module(spec.module)
         return Path(module.assemble(workdir / spec.gguf_file))
     path = package_dir / spec.gguf_file
