@@ -26,14 +26,14 @@ from tqdm.auto import tqdm
 from evospec_hf import EvoSpecDrafter, FrequencyTable
 from evospec_hf.data import token_chunks
 from evospec_hf.models import default_cache_dir, load_target
+from evospec_hf.utils import unwrap_peft
 from evospec_hf.vocab.clusters import cluster_vocabulary
 from evospec_hf.vocab.router import ClusterRouter, RoutedHead
 
 
 @torch.no_grad()
 def hidden_states(drafter, ids: torch.Tensor) -> torch.Tensor:
-    body = drafter.get_base_model().base_model if hasattr(drafter, "get_base_model") else drafter.base_model
-    return body(input_ids=ids[None]).last_hidden_state[0]
+    return unwrap_peft(drafter).base_model(input_ids=ids[None]).last_hidden_state[0]
 
 
 @torch.no_grad()

@@ -18,6 +18,7 @@ from transformers.generation.candidate_generator import AssistedCandidateGenerat
 
 from ..config import EvoSpecConfig
 from ..ops import resolve_head_backend
+from ..utils import unwrap_peft
 from ..vocab import build_shortlist, resolve_static_table
 from ..vocab.router import load_routed_head
 from ..vocab.shortlist import expand_to_vocab
@@ -103,8 +104,7 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
         self.greedy_fast_path = not self.do_sample and len(self.logits_processor) == 0
 
         # a peft-wrapped drafter's `base_model` is the LoRA wrapper: the decoder body is on the model beneath
-        unwrapped = assistant_model.get_base_model() if hasattr(assistant_model, "get_base_model") else assistant_model
-        self.drafter_body = unwrapped.base_model
+        self.drafter_body = unwrap_peft(assistant_model).base_model
         self.head_weight = head.weight.detach()
         self.vocab_size = self.head_weight.shape[0]
         self.head_bias = None if getattr(head, "bias", None) is None else head.bias.detach()

@@ -20,6 +20,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ..utils import unwrap_peft
+
 DRAFTER_CONFIG = "evospec_drafter.json"
 FORMAT_NAME = "evospec-drafter"
 FORMAT_VERSION = 1
@@ -108,7 +110,7 @@ class EvoSpecDrafter:
             drafter = drafter.merge_and_unload()
         drafter.eval()
         # so that shortlist="static" finds <folder>/evospec_frequency.json
-        model = drafter.get_base_model() if hasattr(drafter, "get_base_model") else drafter
+        model = unwrap_peft(drafter)
         model.name_or_path = model.config._name_or_path = str(folder)
         return drafter
 

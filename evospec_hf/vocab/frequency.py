@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..utils import drafter_folder
+
 FORMAT_NAME = "evospec-frequency-table"
 FORMAT_VERSION = 1
 TABLE_NAME = "evospec_frequency.json"  # its file name inside a drafter folder
@@ -133,8 +135,7 @@ def resolve_static_table(static_shortlist_path, drafter, vocab_size: int) -> Fre
     """The table for `shortlist='static'`: the configured path, else `evospec_frequency.json` in the drafter's folder."""
     if static_shortlist_path:
         return FrequencyTable.load(static_shortlist_path, vocab_size=vocab_size)
-    unwrapped = drafter.get_base_model() if hasattr(drafter, "get_base_model") else drafter  # a peft drafter
-    folder = getattr(unwrapped, "name_or_path", "") or ""
+    folder = drafter_folder(drafter)
     if os.path.isfile(os.path.join(folder, TABLE_NAME)):
         return FrequencyTable.load(folder, vocab_size=vocab_size)
     raise FileNotFoundError(

@@ -15,6 +15,7 @@ import weakref
 import torch
 from torch import nn
 
+from ..utils import drafter_folder
 from .clusters import TokenClusters
 
 ROUTER_CONFIG = "evospec_router.json"
@@ -122,8 +123,7 @@ def resolve_router_folder(router_path, drafter) -> str:
     """`router_path`, else the drafter's own folder, if it holds a router."""
     if router_path:
         return os.fspath(router_path)
-    unwrapped = drafter.get_base_model() if hasattr(drafter, "get_base_model") else drafter
-    folder = getattr(unwrapped, "name_or_path", "") or ""
+    folder = drafter_folder(drafter)
     if os.path.isfile(os.path.join(folder, ROUTER_CONFIG)):
         return folder
     raise FileNotFoundError(
