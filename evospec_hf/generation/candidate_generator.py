@@ -153,9 +153,13 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
                 routed_ids, routed_logits = self.routed.logits(hidden, self.routed.select(hidden))
                 routed_logits = routed_logits.masked_fill(self.shortlist.contains(routed_ids), float("-inf"))
                 ids, logits = torch.cat([ids, routed_ids]), torch.cat([logits, routed_logits], dim=-1)
-        if self.logit_softcap is not None:
-            logits = torch.tanh(logits / self.logit_softcap) * self.logit_softcap
-        return ids, logits
+        return ids, self.softcap(logits)
+
+    def softcap(self, logits: torch.Tensor) -> torch.Tensor:
+        """The drafter architecture's final-logit softcapping (Gemma), or the logits unchanged."""
+        if self.logit_softcap is None:
+            return logits
+        return torch.tanh(logits / self.logit_softcap) * self.logit_softcap
 
     @torch.no_grad()
     def get_candidates(self, input_ids: torch.LongTensor, **kwargs) -> tuple[torch.LongTensor, torch.Tensor | None]:
@@ -248,7 +252,7 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
 
 
 def _check_drafter_head(drafter, generator: EvoSpecCandidateGenerator) -> None:
-    """Checks once per drafter that `head_logits(base_model(x))` reproduces `drafter(x).logits`.
+    """Checks once per drafter that its LM head recomputed as evospec_hf does reproduces `drafter(x).logits`.
 
     evospec_hf recomputes the LM head itself; an architecture that post-processes logits in a way it does not know
     (e.g. a logit scale) would otherwise draft from the wrong distribution without any error.
@@ -259,9 +263,7 @@ def _check_drafter_head(drafter, generator: EvoSpecCandidateGenerator) -> None:
     with torch.no_grad():
         expected = drafter(input_ids=probe, use_cache=False).logits[0, -1].float()
         hidden = generator.drafter_body(input_ids=probe, use_cache=False).last_hidden_state[0, -1:]
-        logits = F.linear(hidden, generator.head_weight, generator.head_bias).float()[0]
-        if generator.logit_softcap is not None:
-            logits = torch.tanh(logits / generator.logit_softcap) * generator.logit_softcap
+        logits = generator.softcap(F.linear(hidden, generator.head_weight, generator.head_bias).float())[0]
     relative = 1e-3 if hidden.dtype == torch.float32 else 5e-2  # half precision rounds differently
     tolerance = relative * (1.0 + expected.abs().max().item())
     if not torch.allclose(logits, expected, rtol=0, atol=tolerance):

@@ -79,7 +79,11 @@ def lay_out_hub_cache(folder, cache_dir, repo_id, commit="0123456789abcdef012345
 def test_load_by_repo_id_from_the_offline_hub_cache(target, checkpoint, tmp_path, monkeypatch):
     folder, peft_drafter = checkpoint
     lay_out_hub_cache(folder, tmp_path / "hub", "evospec/tiny-drafter")
+    import huggingface_hub.constants
+
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import: set the constant so no request can leave the machine
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     loaded = EvoSpecDrafter.from_pretrained("evospec/tiny-drafter", target=target, cache_dir=tmp_path / "hub")
     with torch.no_grad():
         torch.testing.assert_close(loaded(PROMPT).logits, peft_drafter(PROMPT).logits, atol=2e-3, rtol=2e-3)  # fp16 adapter
