@@ -9,6 +9,7 @@ Importing the package lets `generate` accept `evospec_config=`; calls without it
 """
 
 from .config import EvoSpecConfig
+from .evolve import EvoSpecSession, OnlineAlignmentConfig
 from .generation import (
     DraftStats,
     EvoSpecCandidateGenerator,
@@ -30,6 +31,7 @@ __all__ = [
     "EvoSpecCandidateGenerator",
     "EvoSpecConfig",
     "EvoSpecDrafter",
+    "EvoSpecSession",
     "FrequencyTable",
     "Shortlist",
     "ShortlistLogitsProcessor",
@@ -37,5 +39,6 @@ __all__ = [
     "evospec_drafting",
     "install",
     "load_target",
+    "OnlineAlignmentConfig",
     "uninstall",
 ]

@@ -11,7 +11,8 @@ CONFIG_NAME = "evospec_config.json"
 # Shortlist sources that can be combined with "+" (e.g. "static+context"); "router" combines with "context" only.
 SHORTLIST_SOURCES = ("static", "context", "router")
 # "full" drafts over the whole vocabulary: plain assisted decoding with evospec_hf's lean draft loop.
-SHORTLIST_MODES = ("full",) + SHORTLIST_SOURCES
+# "evospec": router clusters + context tokens + the retrieval indexes (evospec_hf/vocab/indexes.py); not combinable.
+SHORTLIST_MODES = ("full",) + SHORTLIST_SOURCES + ("evospec",)
 HEAD_BACKENDS = ("auto", "torch", "triton")
 DRAFT_SCHEDULES = ("constant", "heuristic")
 
@@ -33,7 +34,10 @@ class EvoSpecConfig:
                 "`shortlist_size` most frequent tokens of a corpus (FR-Spec), read from `static_shortlist_path`. "
                 "'context': tokens already seen in the prompt and the generated text. 'router': at every draft "
                 "step, the token clusters a learned router picks from the drafter's hidden state (DynaSpec). "
-                "Sources combine with '+': 'static+context', 'router+context'. EOS and pad tokens are always in."
+                "Sources combine with '+': 'static+context', 'router+context'. 'evospec': 'router+context' plus "
+                "retrieval: the semantic neighbours of new context tokens and the n-gram continuations of the last "
+                "ones also enter the context slots (see `semantic_neighbors`, `ngram_order`, `ngram_continuations`). "
+                "EOS and pad tokens are always in."
             )
         },
     )
@@ -68,6 +72,35 @@ class EvoSpecConfig:
                 "For 'router': a folder holding `evospec_router.json`, `evospec_router.safetensors` and "
                 "`evospec_clusters.safetensors` (made by `scripts/train_router.py`). None: the drafter's own folder. "
                 "The router's clusters get the slots left after special tokens and `context_slots`."
+            )
+        },
+    )
+    semantic_neighbors: int = field(
+        default=4,
+        metadata={
+            "help": (
+                "With 'evospec': how many nearest tokens by output embedding (cosine of LM-head rows) each new context "
+                "token brings into the context slots. Read from `evospec_semantic.safetensors` in the router's folder "
+                "(`scripts/build_semantic_index.py`), else built in memory once per drafter. 0 disables."
+            )
+        },
+    )
+    ngram_order: int = field(
+        default=2,
+        metadata={
+            "help": (
+                "With 'evospec': n of the statistical index's n-grams; its continuations follow the last "
+                "`ngram_order - 1` tokens (backing off to shorter histories). With an `EvoSpecSession` its counts "
+                "persist across `generate` calls."
+            )
+        },
+    )
+    ngram_continuations: int = field(
+        default=8,
+        metadata={
+            "help": (
+                "With 'evospec': how many of the most frequent continuations of the last tokens enter the context "
+                "slots per round. 0 disables the statistical index."
             )
         },
     )
@@ -115,12 +148,21 @@ class EvoSpecConfig:
             )
         if "full" in parts and len(parts) > 1:
             raise ValueError(f"`shortlist`='full' already holds every token and cannot be combined, got {self.shortlist!r}.")
+        if "evospec" in parts and len(parts) > 1:
+            raise ValueError(
+                f"`shortlist`='evospec' already is router + context + retrieval and cannot be combined, got {self.shortlist!r}."
+            )
+        parts = list(self.shortlist_sources)
         for name in ("shortlist_size", "num_draft_tokens", "max_draft_tokens"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
-        if isinstance(self.context_slots, bool) or not isinstance(self.context_slots, int) or self.context_slots < 0:
-            raise ValueError(f"`context_slots` must be a non-negative integer, got {self.context_slots!r}.")
+        for name in ("context_slots", "semantic_neighbors", "ngram_continuations"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"`{name}` must be a non-negative integer, got {value!r}.")
+        if isinstance(self.ngram_order, bool) or not isinstance(self.ngram_order, int) or self.ngram_order < 1:
+            raise ValueError(f"`ngram_order` must be a positive integer, got {self.ngram_order!r}.")
         if "router" in parts and "static" in parts:
             raise ValueError(f"`shortlist`: 'router' combines with 'context' only, got {self.shortlist!r}.")
         if "router" in parts and "context" in parts and self.context_slots >= self.shortlist_size:
@@ -146,8 +188,15 @@ class EvoSpecConfig:
 
     @property
     def shortlist_sources(self) -> tuple[str, ...]:
-        """The sources named in `shortlist` (empty for 'full')."""
+        """The sources named in `shortlist` (empty for 'full'; 'evospec' runs the router and context sources)."""
+        if self.shortlist == "evospec":
+            return ("router", "context")
         return () if self.shortlist == "full" else tuple(self.shortlist.split("+"))
+
+    @property
+    def uses_retrieval(self) -> bool:
+        """Whether the retrieval indexes (`evospec_hf/vocab/indexes.py`) feed the context slots ('evospec')."""
+        return self.shortlist == "evospec"
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -10,6 +10,9 @@
    budget, for the router, router + context tokens, the static list, and static + context;
 5. save: `evospec_router.json`, `evospec_router.safetensors`, `evospec_clusters.safetensors` and
    `router_report.json` into the checkpoint.
+
+`shortlist="evospec"` also needs the semantic index (`scripts/build_semantic_index.py`); the recall of every mode,
+simulated round by round as generation builds the shortlist, is `scripts/eval_shortlist_recall.py`.
 """
 
 from __future__ import annotations
@@ -26,14 +29,10 @@ from tqdm.auto import tqdm
 from evospec_hf import EvoSpecDrafter, FrequencyTable
 from evospec_hf.data import token_chunks
 from evospec_hf.models import default_cache_dir, load_target
-from evospec_hf.utils import unwrap_peft
 from evospec_hf.vocab.clusters import cluster_vocabulary
+from evospec_hf.vocab.recall import drafter_hidden_states as hidden_states
+from evospec_hf.vocab.recall import target_greedy_next
 from evospec_hf.vocab.router import ClusterRouter, RoutedHead
-
-
-@torch.no_grad()
-def hidden_states(drafter, ids: torch.Tensor) -> torch.Tensor:
-    return unwrap_peft(drafter).base_model(input_ids=ids[None]).last_hidden_state[0]
 
 
 @torch.no_grad()
@@ -41,7 +40,7 @@ def recall_report(target, drafter, routed: RoutedHead, table: FrequencyTable, ch
     """Recall of the target's greedy next token, per domain and budget, for four shortlists."""
     counts = {}
     for domain, ids in tqdm(chunks, desc="recall on held-out text", unit="chunk"):
-        truth = target(ids[None]).logits[0].argmax(-1)  # (T,) next token after each position
+        truth = target_greedy_next(target, ids)  # (T,) next token after each position
         hidden = hidden_states(drafter, ids)
         scores = routed.router(hidden)  # (T, C)
         ranked = torch.argsort(scores, dim=-1, descending=True)

@@ -83,14 +83,17 @@ def static_table_path(tmp_path_factory):
 @pytest.fixture(scope="session")
 def router_folder(tmp_path_factory):
     """A router over VOCAB_SIZE tokens in 12 clusters for hidden size 32 (all tiny drafters): random but valid.
+    With a semantic table (shortlist="evospec") of a random head, so that loading one is exercised.
 
-    Exactness never depends on the router; these weights only decide which drafts are proposed."""
+    Exactness never depends on the router or the table; they only decide which drafts are proposed."""
     from evospec_hf.vocab.clusters import TokenClusters
+    from evospec_hf.vocab.indexes import SemanticIndex
     from evospec_hf.vocab.router import ClusterRouter
 
     folder = tmp_path_factory.mktemp("router")
     gen = torch.Generator().manual_seed(0)
     TokenClusters.from_assignment(torch.randint(0, 12, (VOCAB_SIZE,), generator=gen)).save(folder)
+    SemanticIndex.build(torch.randn(VOCAB_SIZE, 32, generator=gen), k=4, progress=False).save(folder)
     torch.manual_seed(0)
     ClusterRouter(hidden_size=32, num_clusters=12).save(folder)
     return str(folder)

@@ -57,3 +57,18 @@ def test_load_rejects_unknown_fields(tmp_path):
     (tmp_path / "evospec_config.json").write_text(json.dumps({"shortlist": "full", "shortlist_sise": 3}))
     with pytest.raises(ValueError, match="shortlist_sise"):
         EvoSpecConfig.from_pretrained(tmp_path)
+
+
+def test_evospec_mode_is_router_context_and_retrieval():
+    config = EvoSpecConfig(shortlist="evospec", shortlist_size=64, context_slots=16)
+    assert config.shortlist_sources == ("router", "context") and config.uses_retrieval
+    assert not EvoSpecConfig(shortlist="router+context", shortlist_size=64, context_slots=16).uses_retrieval
+    for shortlist in ("evospec+context", "router+evospec"):
+        with pytest.raises(ValueError, match="evospec"):
+            EvoSpecConfig(shortlist=shortlist)
+    with pytest.raises(ValueError, match="context_slots"):
+        EvoSpecConfig(shortlist="evospec", shortlist_size=16, context_slots=16)
+    for kwargs, field in [({"semantic_neighbors": -1}, "semantic_neighbors"), ({"ngram_order": 0}, "ngram_order"),
+                          ({"ngram_continuations": 1.5}, "ngram_continuations")]:  # fmt: skip
+        with pytest.raises(ValueError, match=field):
+            EvoSpecConfig(shortlist="evospec", **kwargs)

@@ -17,9 +17,11 @@ from transformers import DynamicCache, LogitsProcessorList
 from transformers.generation.candidate_generator import AssistedCandidateGenerator
 
 from ..config import EvoSpecConfig
+from ..evolve.online import OUTSIDE_SHORTLIST
 from ..ops import resolve_head_backend
 from ..utils import unwrap_peft
 from ..vocab import build_shortlist, resolve_static_table
+from ..vocab.indexes import context_retrieval
 from ..vocab.router import load_routed_head
 from ..vocab.shortlist import expand_to_vocab
 
@@ -61,6 +63,8 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
         inputs_tensor (`torch.Tensor`, *optional*): see `AssistedCandidateGenerator`.
         logits_processor (`LogitsProcessorList`, *optional*): the target's processors, applied to draft scores too.
         stats (`DraftStats`, *optional*): filled in as rounds complete.
+        session (`EvoSpecSession`, *optional*): learns from every round's verification (online alignment) and
+            keeps the statistical index across calls.
     """
 
     def __init__(
@@ -74,6 +78,7 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
         inputs_tensor: torch.Tensor | None = None,
         logits_processor: LogitsProcessorList | None = None,
         stats: DraftStats | None = None,
+        session=None,
     ):
         if input_ids.shape[0] != 1:
             raise ValueError(
@@ -129,6 +134,19 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
             self.routed = load_routed_head(evospec_config.router_path, assistant_model, head, budget)
         self.observes_context = "context" in evospec_config.shortlist_sources
         self.num_observed = 0  # tokens of the sequence already passed to the context source
+        # shortlist="evospec": semantic neighbours and n-gram continuations per round (None otherwise); with a
+        # session, the statistical index keeps its counts across generate calls
+        ngram = None
+        if session is not None and evospec_config.uses_retrieval:
+            ngram = session.statistical_index(evospec_config.ngram_order)
+        self.retrieval = context_retrieval(evospec_config, assistant_model, head, ngram)
+
+        self.session = session
+        # online alignment (evospec_hf.evolve): None without a session, or with a session that does not learn
+        self.learner = None
+        if session is not None:
+            self.learner = session.attach(assistant_model, self.head_weight, self.head_bias, self.logit_softcap)
+        self._steps = []  # the last round's (column ids, logits), for the learner's ranks
 
         self.cache = DynamicCache(config=assistant_model.config)
         # sliding-window layers (e.g. Gemma 3) must keep their past until we crop rejected drafts
@@ -179,6 +197,8 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
         if num_drafts <= 0:
             return input_ids, None
         if self.observes_context:
+            if self.retrieval is not None:  # retrieved first: the real context tokens stay the most recently seen
+                self.shortlist.observe(self.retrieval.retrieve(input_ids[0], self.num_observed))
             self.shortlist.observe(input_ids[0, self.num_observed :])
             self.num_observed = cur_len
 
@@ -205,6 +225,9 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
             feed = token[:, None]
             if threshold is not None and logits.softmax(dim=-1)[0, choice[0]] < threshold:
                 break
+        if self.learner is not None:
+            self._steps = steps
+            self.learner.start()  # a due update runs now, or in the background while the target verifies
         return sequence, self._candidate_logits(steps)
 
     def _candidate_logits(self, steps) -> torch.Tensor:
@@ -241,6 +264,10 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
             num_matches (`int`): how many drafts the target accepted.
         """
         num_matches, num_drafted = int(num_matches), scores.shape[1] - 1
+        if self.learner is not None:
+            self.learner.wait()
+            targets = input_ids[0, input_ids.shape[1] - num_matches - 1 :]
+            self.learner.record(input_ids[0], scores, num_matches, self._draft_ranks(targets))
         self.stats.rounds += 1
         self.stats.drafted += num_drafted
         self.stats.accepted += num_matches
@@ -249,6 +276,27 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
                 self.num_assistant_tokens = min(self.num_assistant_tokens + 2, self.evospec_config.max_draft_tokens)
             else:
                 self.num_assistant_tokens = max(1, self.num_assistant_tokens - 1)
+
+    def _draft_ranks(self, targets: torch.LongTensor) -> torch.LongTensor:
+        """For each verified position, how many tokens the drafter scored above the target's token (0: it drafted
+        it; `OUTSIDE_SHORTLIST`: it could not). Positions past the drafts (the bonus token) count as 0."""
+        ranks = torch.zeros(targets.shape[0], dtype=torch.long)
+        for i, (ids, logits) in enumerate(self._steps[: targets.shape[0]]):
+            if ids is None:
+                score = logits[0, targets[i]]
+            else:
+                column = (ids == targets[i]).nonzero()
+                if column.numel() == 0:
+                    ranks[i] = OUTSIDE_SHORTLIST
+                    continue
+                score = logits[0, column[0, 0]]
+            ranks[i] = int((logits[0] > score).sum())
+        return ranks
+
+    def close(self) -> None:
+        """Called once the `generate` call is over: hands the session's adapter back (finishing any update)."""
+        if self.session is not None:
+            self.session.detach()
 
 
 def _check_drafter_head(drafter, generator: EvoSpecCandidateGenerator) -> None:

@@ -34,8 +34,11 @@ _original_generate = getattr(GenerationMixin.generate, "__evospec_original__", G
 
 
 @contextlib.contextmanager
-def evospec_drafting(model, evospec_config: EvoSpecConfig, stats: DraftStats | None = None):
+def evospec_drafting(model, evospec_config: EvoSpecConfig, stats: DraftStats | None = None, session=None):
     """Within this block, assisted decoding on `model` drafts with `EvoSpecCandidateGenerator` (filling `stats`).
+
+    With an `EvoSpecSession`, the drafter carries that session's adapter for the block and learns online; when the
+    block ends, the session keeps what was learned and the drafter gets its own weights back.
 
     Yields a namespace whose `generator` is the candidate generator once transformers has asked for it.
     """
@@ -88,6 +91,7 @@ def evospec_drafting(model, evospec_config: EvoSpecConfig, stats: DraftStats | N
             inputs_tensor=inputs_tensor,
             logits_processor=logits_processor,
             stats=stats,
+            session=session,
         )
         return drafting.generator
 
@@ -96,26 +100,37 @@ def evospec_drafting(model, evospec_config: EvoSpecConfig, stats: DraftStats | N
         yield drafting
     finally:
         del model._get_candidate_generator
+        if drafting.generator is not None:
+            drafting.generator.close()
 
 
 @functools.wraps(_original_generate)
 def generate(
-    self, *args, evospec_config: EvoSpecConfig | None = None, evospec_stats: DraftStats | None = None, **kwargs
+    self,
+    *args,
+    evospec_config: EvoSpecConfig | None = None,
+    evospec_stats: DraftStats | None = None,
+    evospec_session=None,
+    **kwargs,
 ):
     """`GenerationMixin.generate`, plus `evospec_config=` to draft with evospec_hf (see the module docstring).
 
     `evospec_stats=DraftStats()` is filled with the rounds, drafted and accepted tokens of the call.
+    `evospec_session=EvoSpecSession(drafter)` adapts the drafter online, within that session only.
     """
     if evospec_config is None:
-        if evospec_stats is not None:
-            raise ValueError("`evospec_stats` is only filled when `evospec_config` is given.")
+        if evospec_stats is not None or evospec_session is not None:
+            raise ValueError("`evospec_stats` and `evospec_session` need `evospec_config`.")
         return _original_generate(self, *args, **kwargs)
     if kwargs.get("custom_generate") is not None:
         # path 2 (or a user's own loop): the callable receives the evospec arguments itself
-        return _original_generate(self, *args, evospec_config=evospec_config, evospec_stats=evospec_stats, **kwargs)
+        return _original_generate(
+            self, *args, evospec_config=evospec_config, evospec_stats=evospec_stats, evospec_session=evospec_session,
+            **kwargs,
+        )  # fmt: skip
     if kwargs.get("assistant_model") is None:
         raise ValueError("`evospec_config` needs a drafter: pass `assistant_model=<drafter model>`.")
-    with evospec_drafting(self, evospec_config, evospec_stats) as drafting:
+    with evospec_drafting(self, evospec_config, evospec_stats, evospec_session) as drafting:
         output = _original_generate(self, *args, **kwargs)
     if drafting.generator is None:
         # e.g. num_beams > 1: transformers then runs beam search and only logs that the assistant is ignored
@@ -149,6 +164,7 @@ def custom_generate(
     drafter=None,
     evospec_config: EvoSpecConfig | None = None,
     evospec_stats: DraftStats | None = None,
+    evospec_session=None,
     **model_kwargs,
 ):
     """Decoding loop for `model.generate(..., custom_generate=custom_generate, drafter=..., evospec_config=...)`.
@@ -161,7 +177,7 @@ def custom_generate(
     evospec_config = evospec_config if evospec_config is not None else EvoSpecConfig()
     if model._is_stateful:
         raise ValueError(f"speculative decoding cannot roll back a stateful model such as {type(model).__name__}.")
-    with evospec_drafting(model, evospec_config, evospec_stats):
+    with evospec_drafting(model, evospec_config, evospec_stats, evospec_session):
         return GenerationMixin._assisted_decoding(
             model,
             input_ids,

@@ -5,6 +5,8 @@ A checkpoint folder holds:
     evospec_drafter.json       {"format", "target", "num_layers", "vocab_size", "adapter"}
     adapter/                   the PEFT LoRA adapter of the drafter's decoder layers (safetensors)
     evospec_frequency.json     the static frequency table (optional; used by shortlist="static")
+    evospec_router.*, evospec_clusters.safetensors  the router (optional; shortlist="router", "evospec")
+    evospec_semantic.safetensors  each token's nearest tokens (optional; shortlist="evospec", else built in memory)
     README.md                  the model card, with measured numbers
     custom_generate/generate.py  so that `generate(custom_generate=<folder or repo>, trust_remote_code=True)` works
 

@@ -1,5 +1,7 @@
 """The core promise: with `evospec_config`, greedy output equals plain greedy `generate`, token for token."""
 
+import copy
+
 import pytest
 import torch
 from transformers import TextStreamer
@@ -9,7 +11,7 @@ from evospec_hf import DraftStats, EvoSpecConfig
 
 from ..conftest import ARCHITECTURES, EOS, VOCAB_SIZE, noisy_copy
 
-MODES = ["full", "static", "context", "static+context", "router", "router+context"]
+MODES = ["full", "static", "context", "static+context", "router", "router+context", "evospec"]
 
 
 @pytest.fixture(autouse=True)
@@ -22,7 +24,7 @@ def config_for(mode, static_table_path, **overrides):
     kwargs = dict(shortlist=mode, shortlist_size=40, context_slots=16, num_draft_tokens=4, confidence_threshold=None)
     if "static" in mode:
         kwargs["static_shortlist_path"] = static_table_path
-    if "router" in mode:
+    if "router" in mode or mode == "evospec":
         kwargs["router_path"] = ROUTER_FOLDER
     kwargs.update(overrides)
     return EvoSpecConfig(**kwargs)
@@ -58,6 +60,24 @@ def test_greedy_equals_plain_greedy(pair, mode, drafter_kind, static_table_path)
     if drafter_kind == "noisy-copy" and mode == "full":
         # a drafter that mostly agrees must get multi-token rounds accepted, or the test proves little
         assert stats.mean_accepted_length > 2.0, stats
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the compiled Triton head)")
+@pytest.mark.parametrize("mode", MODES)
+def test_greedy_on_cuda_with_the_triton_head(pair, mode, static_table_path):
+    _, target, drafters = pair
+    target, drafter = copy.deepcopy(target).cuda(), copy.deepcopy(drafters["noisy-copy"]).cuda()
+    config = config_for(mode, static_table_path, head_backend="triton")
+    stats = DraftStats()
+    for seed in range(2):
+        input_ids = prompt(seed).cuda()
+        expected = target.generate(input_ids, max_new_tokens=24, do_sample=False)
+        got = target.generate(
+            input_ids, max_new_tokens=24, do_sample=False, assistant_model=drafter, evospec_config=config,
+            evospec_stats=stats,
+        )  # fmt: skip
+        assert torch.equal(got, expected), f"{mode} prompt {seed}"
+    assert stats.mean_accepted_length > 1.0, stats
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -39,6 +39,8 @@ def shortlist_modes():
     modes = ["static+context"]
     if (CHECKPOINT / "evospec_router.json").is_file():
         modes.append("router+context")
+        if (CHECKPOINT / "evospec_semantic.safetensors").is_file():
+            modes.append("evospec")
     return modes
 
 

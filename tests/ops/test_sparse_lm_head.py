@@ -1,4 +1,5 @@
-"""The Triton sparse LM-head kernel against its torch reference (interpreted on CPU: see conftest.py)."""
+"""The Triton sparse LM-head kernel against its torch reference: compiled on a CUDA device when there is one,
+interpreted on CPU otherwise (see conftest.py)."""
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ SHAPES = [
     pytest.param(1, 4096, 640, 1000, id="gemma-hidden"),
 ]
 TOLERANCES = {torch.float32: 1e-4, torch.float16: 2e-2}
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @pytest.mark.parametrize("dtype", [pytest.param(torch.float32, id="fp32"), pytest.param(torch.float16, id="fp16")])
@@ -28,6 +30,8 @@ def test_triton_kernel_matches_reference(positions, vocab, hidden, shortlist, wi
     bias = torch.randn(vocab, generator=gen).to(dtype) if with_bias else None
     ids = torch.randperm(vocab, generator=gen)[:shortlist]
     ids[-1] = vocab - 1  # the last row, to catch off-by-one offsets
+    h, weight, ids = h.to(DEVICE), weight.to(DEVICE), ids.to(DEVICE)
+    bias = bias.to(DEVICE) if with_bias else None
 
     out = triton_kernel.triton_sparse_lm_head(h, weight, ids, bias)
     ref = sparse_lm_head_reference(h, weight, ids, bias)
@@ -53,3 +57,5 @@ def test_backend_is_chosen_by_device():
     assert resolve_head_backend("torch", cpu) == "torch"
     with pytest.raises(ValueError, match="CUDA"):
         resolve_head_backend("triton", cpu)
+    if torch.cuda.is_available():
+        assert resolve_head_backend("auto", torch.device("cuda")) == "triton"

@@ -1,0 +1,322 @@
+"""Where the adapter learns: online alignment of the drafter's LoRA weights from the target's verification feedback.
+
+Every round, transformers' assisted-decoding loop hands the candidate generator the target's logits at each
+verified position (`update_candidate_strategy`). `OnlineAligner.record` keeps a compact record of that round in a
+bounded replay buffer: a window of context tokens, the target's top-k logits at the verified positions, and how far
+the drafter was from the target's token there (its rank among the drafter's shortlist logits). Every
+`update_every` rounds, `update` takes one optimiser step on the LoRA parameters with `topk_kd_loss` over a
+batch of records.
+
+Curriculum (`curriculum_start_rank`): a position is taught only when the drafter ranked the target's token within
+the current bound. It starts with near misses (the target's token was in the drafter's top 4) and the accepted
+positions around them, and the bound grows 4x each time acceptance has improved since the stage began, or after
+`curriculum_patience` updates without improvement. Why: near misses are what a small LoRA step can turn into
+acceptances; positions the drafter was far from need large changes, give large noisy gradients from a handful of
+examples, and early on mostly disturb what already works. Tokens outside the shortlist cannot be drafted at all, so
+they are taught only once the bound is unlimited.
+
+Safety: the target still verifies every token, so nothing learned here can change the output. A loss that is not
+finite or exceeds `max_loss_ratio` times its running average, or weights that stop being finite after a step,
+restore the last adapter whose loss was in bounds (and reset the optimiser). If the restored adapter's loss is over
+the bound as well, the text got harder rather than the weights worse (a topic switch), and the new level is accepted.
+"""
+
+from __future__ import annotations
+
+import collections
+import random
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from .kd import full_kd_loss, topk_kd_loss
+
+OUTSIDE_SHORTLIST = 1 << 30  # rank of a target token the drafter could not propose
+
+
+@dataclass
+class OnlineAlignmentConfig:
+    """How an `EvoSpecSession` adapts its drafter while generating."""
+
+    update_every: int = field(default=4, metadata={"help": "Rounds (target verifications) between two updates."})
+    batch_size: int = field(default=4, metadata={"help": "Replay records per update (the newest one always in)."})
+    window: int = field(default=48, metadata={"help": "Context tokens the drafter re-reads per record."})
+    topk: int = field(default=32, metadata={"help": "Target logits kept per verified position (the KD support)."})
+    replay_size: int = field(default=128, metadata={"help": "Records kept; the oldest is dropped first."})
+    lr: float = field(default=5e-4, metadata={"help": "AdamW learning rate on the LoRA parameters."})
+    curriculum_start_rank: int | None = field(
+        default=4,
+        metadata={
+            "help": (
+                "Teach positions where the drafter ranked the target's token below this bound, growing 4x per "
+                "curriculum stage. None: no curriculum, every verified position is taught."
+            )
+        },
+    )
+    curriculum_patience: int = field(
+        default=8, metadata={"help": "Updates after which a stage ends even if acceptance has not improved."}
+    )
+    async_updates: bool = field(
+        default=False,
+        metadata={
+            "help": (
+                "Run each update in a background thread while the target verifies the next round (it never overlaps "
+                "drafting). On a 2-core CPU both compete for the same cores; see the README's measurements."
+            )
+        },
+    )
+    max_loss_ratio: float = field(
+        default=4.0, metadata={"help": "Roll back when a loss exceeds this multiple of its running average."}
+    )
+    kd: str = field(
+        default="topk",
+        metadata={
+            "help": (
+                "'topk': KD restricted to the target's top-k (evospec_hf). 'full': the standard baseline, full "
+                "target logits in the replay buffer and full-vocabulary drafter logits and gradients."
+            )
+        },
+    )
+    lora_rank: int = field(
+        default=16, metadata={"help": "Rank of the LoRA adapter added to a drafter that has none."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of the replay sampling."})
+
+    def __post_init__(self):
+        for name in ("update_every", "batch_size", "window", "topk", "replay_size", "curriculum_patience", "lora_rank"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+        if self.curriculum_start_rank is not None and (
+            isinstance(self.curriculum_start_rank, bool)
+            or not isinstance(self.curriculum_start_rank, int)
+            or self.curriculum_start_rank <= 0
+        ):
+            raise ValueError(f"`curriculum_start_rank` must be None or a positive integer, got {self.curriculum_start_rank!r}.")
+        if not self.lr > 0:
+            raise ValueError(f"`lr` must be positive, got {self.lr!r}.")
+        if not self.max_loss_ratio > 1:
+            raise ValueError(f"`max_loss_ratio` must be greater than 1, got {self.max_loss_ratio!r}.")
+        if self.kd not in ("topk", "full"):
+            raise ValueError(f"`kd` must be 'topk' or 'full', got {self.kd!r}.")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class AlignmentStats:
+    """What online alignment did, across the calls of one session."""
+
+    rounds: int = 0
+    updates: int = 0
+    rollbacks: int = 0
+    skipped: int = 0  # updates with no position eligible under the curriculum
+    losses: list = field(default_factory=list)
+    update_ms: list = field(default_factory=list)
+    accepted_per_round: list = field(default_factory=list)  # tokens accepted each round, for acceptance curves
+    max_rank: list = field(default_factory=list)  # the curriculum's bound at each update
+
+
+class OnlineAligner:
+    """Trains the LoRA parameters of a drafter from verification feedback. Built by `EvoSpecSession.attach`.
+
+    Args:
+        body: the drafter's decoder body (`model.base_model` beneath any peft wrapper): tokens -> hidden states.
+        head_weight, head_bias: the drafter's frozen LM head.
+        softcap: the drafter's final-logit softcapping, or None.
+        params: the LoRA parameters to train (a name -> tensor dict).
+        config: `OnlineAlignmentConfig`.
+        state: the session's `AlignerState` (optimizer, replay buffer, curriculum), kept across calls.
+        stats: the session's `AlignmentStats`.
+    """
+
+    def __init__(self, body, head_weight, head_bias, softcap, params: dict, config: OnlineAlignmentConfig, state, stats):
+        self.body, self.head_weight, self.head_bias, self.softcap = body, head_weight, head_bias, softcap
+        self.params = params
+        self.config, self.state, self.stats = config, state, stats
+        if state.optimizer is None:
+            state.reset_optimizer(list(params.values()), config.lr)
+        else:  # the same session on a newly attached drafter: point the optimizer at these tensors
+            state.optimizer.param_groups[0]["params"] = list(params.values())
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    # -- feedback ----------------------------------------------------------------------------------------------
+    def record(self, sequence: torch.LongTensor, scores: torch.Tensor, num_matches: int, ranks: torch.Tensor) -> None:
+        """Stores one verified round.
+
+        Args:
+            sequence: `(seq_len,)` the sequence after verification; its last `num_matches + 1` tokens are the
+                accepted drafts and the target's own token.
+            scores: `(1, num_drafted + 1, V)` the target's (processed) logits for the drafted positions and one more.
+            num_matches: drafts accepted.
+            ranks: `(num_matches + 1,)` the drafter's rank of the target's token at each verified position.
+        """
+        self.stats.rounds += 1
+        self.stats.accepted_per_round.append(int(num_matches))
+        verified = num_matches + 1
+        teacher = scores[0, :verified].float()
+        if bool(torch.isnan(teacher).any() or torch.isposinf(teacher).any()):
+            return  # a corrupt teacher row teaches nothing; never let it into the buffer (-inf is a masked token)
+        end = sequence.shape[0] - 1  # the window holds the contexts of every verified position
+        start = max(0, end - self.config.window)
+        first = end - verified - start  # hidden state index predicting the first verified token
+        if first < 0:
+            return  # window shorter than a round: nothing to re-read
+        record = {"tokens": sequence[start:end].clone(), "first": first, "ranks": ranks.clone()}
+        if self.config.kd == "topk":
+            values, ids = teacher.topk(min(self.config.topk, teacher.shape[-1]), dim=-1)
+            record.update(teacher_ids=ids, teacher_logits=values)
+        else:
+            record.update(teacher_full=teacher.clone())
+        self.state.replay.append(record)
+        self.state.rounds_since_update += 1
+
+    def update_due(self) -> bool:
+        return self.state.rounds_since_update >= self.config.update_every and len(self.state.replay) > 0
+
+    # -- training ------------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Runs an update if one is due: now, or in a background thread with `async_updates`."""
+        if not self.update_due():
+            return
+        self.state.rounds_since_update = 0
+        if not self.config.async_updates:
+            self.update()
+            return
+        self.wait()
+        self._thread = threading.Thread(target=self._update_in_thread, name="evospec-online-update", daemon=True)
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Blocks until a background update is over (called before drafting, so the weights never change under it)."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise RuntimeError("evospec_hf's online update failed") from error
+
+    def _update_in_thread(self) -> None:
+        try:
+            self.update()
+        except BaseException as err:  # re-raised on the generating thread by `wait`
+            self._error = err
+
+    def update(self) -> None:
+        """One optimiser step on a replay batch, with rollback on a bad loss or non-finite weights."""
+        start = time.perf_counter()
+        batch = self._sample()
+        max_rank = self.state.max_rank
+        with torch.enable_grad():
+            loss = self._loss(batch, max_rank)
+            if loss is None:
+                self.stats.skipped += 1
+                return
+            value = loss.item()
+            average = self.state.loss_average
+            if not torch.isfinite(loss):
+                self._rollback()
+                return
+            if average is not None and value > self.config.max_loss_ratio * average:
+                if not self.state.rolled_back:
+                    self._rollback()
+                    return
+                # the last good adapter is over the bound too: the text got harder (e.g. a topic switch), the
+                # weights did not diverge. Accept the new level instead of rolling back forever.
+                average = None
+            self.state.rolled_back = False
+            self._snapshot()  # these weights gave an in-bounds loss: the last good adapter
+            self.state.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.state.optimizer.step()
+        if not all(torch.isfinite(p).all() for p in self.params.values()):
+            self._rollback()
+            return
+        self.state.loss_average = value if average is None else 0.9 * average + 0.1 * value
+        self.stats.updates += 1
+        self.stats.losses.append(round(value, 4))
+        self.stats.max_rank.append(max_rank)
+        self.stats.update_ms.append(round((time.perf_counter() - start) * 1e3, 2))
+        self._advance_curriculum()
+
+    def _sample(self) -> list:
+        replay = self.state.replay
+        newest = replay[-1]
+        others = random.Random(self.config.seed + self.stats.updates).sample(
+            range(len(replay) - 1), min(self.config.batch_size - 1, len(replay) - 1)
+        )
+        return [newest] + [replay[i] for i in others]
+
+    def _loss(self, batch: list, max_rank: int | None) -> torch.Tensor | None:
+        """The weighted KD loss over the batch's eligible positions, or None when none is eligible."""
+        hidden, weights, teacher_ids, teacher_logits, teacher_full = [], [], [], [], []
+        for record in batch:
+            ranks = record["ranks"]
+            eligible = torch.ones_like(ranks, dtype=torch.bool) if max_rank is None else ranks <= max_rank
+            if not bool(eligible.any()):
+                continue
+            states = self.body(input_ids=record["tokens"][None], use_cache=False).last_hidden_state[0]
+            first = record["first"]
+            hidden.append(states[first : first + ranks.shape[0]])
+            weights.append(eligible.float())
+            if "teacher_ids" in record:
+                teacher_ids.append(record["teacher_ids"])
+                teacher_logits.append(record["teacher_logits"])
+            else:
+                teacher_full.append(record["teacher_full"])
+        if not hidden:
+            return None
+        hidden, weights = torch.cat(hidden), torch.cat(weights)
+        if teacher_full:
+            return full_kd_loss(hidden, self.head_weight, self.head_bias, torch.cat(teacher_full), weights, self.softcap)
+        return topk_kd_loss(
+            hidden, self.head_weight, self.head_bias, torch.cat(teacher_ids), torch.cat(teacher_logits), weights,
+            softcap=self.softcap,
+        )  # fmt: skip
+
+    def _snapshot(self) -> None:
+        for name, p in self.params.items():
+            self.state.last_good[name] = p.detach().clone()
+
+    def _rollback(self) -> None:
+        self.stats.rollbacks += 1
+        self.state.rolled_back = True
+        with torch.no_grad():
+            for name, p in self.params.items():
+                if name in self.state.last_good:
+                    p.copy_(self.state.last_good[name])
+        self.state.reset_optimizer(list(self.params.values()), self.config.lr)
+
+    def _advance_curriculum(self) -> None:
+        state = self.state
+        if state.max_rank is None:
+            return
+        state.stage_updates += 1
+        recent = self.stats.accepted_per_round[-16:]
+        acceptance = sum(recent) / len(recent) if recent else 0.0
+        if acceptance > state.stage_acceptance + 0.05 or state.stage_updates >= self.config.curriculum_patience:
+            state.max_rank = state.max_rank * 4
+            if state.max_rank > 4096:
+                state.max_rank = None  # every position, tokens outside the shortlist included
+            state.stage_updates, state.stage_acceptance = 0, acceptance
+
+
+class AlignerState:
+    """What online alignment carries from one `generate` call to the next within a session."""
+
+    def __init__(self, config: OnlineAlignmentConfig):
+        self.replay: collections.deque = collections.deque(maxlen=config.replay_size)
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.last_good: dict = {}
+        self.loss_average: float | None = None
+        self.rolled_back = False  # the last update ended in a rollback
+        self.rounds_since_update = 0
+        self.max_rank = config.curriculum_start_rank
+        self.stage_updates, self.stage_acceptance = 0, 0.0
+
+    def reset_optimizer(self, params: list, lr: float) -> None:
+        self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
