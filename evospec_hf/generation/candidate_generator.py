@@ -9,7 +9,7 @@ The target verifies the candidates over the full vocabulary in transformers' own
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -34,11 +34,13 @@ class DraftStats:
         rounds: draft-and-verify rounds (target forward passes after the prefill).
         drafted: tokens the drafter proposed.
         accepted: drafted tokens the target accepted.
+        accepted_per_round: drafted tokens accepted in each round, in order (for curves of tau over time).
     """
 
     rounds: int = 0
     drafted: int = 0
     accepted: int = 0
+    accepted_per_round: list = field(default_factory=list)
 
     @property
     def mean_accepted_length(self) -> float:
@@ -148,9 +150,14 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
             self.learner = session.attach(assistant_model, self.head_weight, self.head_bias, self.logit_softcap)
         self._steps = []  # the last round's (column ids, logits), for the learner's ranks
 
-        self.cache = DynamicCache(config=assistant_model.config)
+        self.cache = self._new_cache()
+        self._cache_weights = self.learner.weights_version if self.learner is not None else 0
+
+    def _new_cache(self) -> DynamicCache:
+        cache = DynamicCache(config=self.assistant_model.config)
         # sliding-window layers (e.g. Gemma 3) must keep their past until we crop rejected drafts
-        self.cache.activate_past_recording()
+        cache.activate_past_recording()
+        return cache
 
     def draft_logits(self, hidden: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
         """The drafter's LM head for one position, over the shortlist only.
@@ -247,8 +254,12 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
         """Drops the drafter's KV entries past the verified prefix; returns the tokens it has yet to read.
 
         After a round the sequence is `prefix + accepted drafts + one target token`. The cache holds the prefix and
-        every draft fed back in, so its first `len(sequence) - 1` entries (at most) are still valid.
+        every draft fed back in, so its first `len(sequence) - 1` entries (at most) are still valid. After an online
+        update changed the drafter's weights (with `refresh_cache`), none is: the drafter re-reads the sequence.
         """
+        if self.learner is not None and self.learner.config.refresh_cache:
+            if self.learner.weights_version != self._cache_weights:
+                self.cache, self._cache_weights = self._new_cache(), self.learner.weights_version
         cached = self.cache.get_seq_length()
         keep = min(cached, input_ids.shape[1] - 1)
         if cached > 0:
@@ -271,6 +282,7 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
         self.stats.rounds += 1
         self.stats.drafted += num_drafted
         self.stats.accepted += num_matches
+        self.stats.accepted_per_round.append(num_matches)
         if self.evospec_config.draft_schedule == "heuristic":
             if num_matches == num_drafted:
                 self.num_assistant_tokens = min(self.num_assistant_tokens + 2, self.evospec_config.max_draft_tokens)

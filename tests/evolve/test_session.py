@@ -8,7 +8,7 @@ from evospec_hf.evolve.online import OnlineAligner
 
 from ..conftest import VOCAB_SIZE, noisy_copy, tiny_gemma3, tiny_llama
 
-LEARN_FAST = dict(update_every=1, batch_size=2, window=16, lr=1e-2, curriculum_start_rank=None)
+LEARN_FAST = dict(update_every=1, batch_size=2, window=16, lr=1e-2, curriculum_start_rank=None, min_replay=1, warmup_updates=0)
 
 
 def prompt(seed, length=10):
@@ -54,6 +54,14 @@ def test_greedy_is_unchanged_while_the_drafter_learns(target, mode, async_update
         assert torch.equal(generate(target, session, seed, config), target.generate(prompt(seed), max_new_tokens=30, do_sample=False))
     assert session.stats.updates > 5 and session.stats.rollbacks == 0
     assert not same(adapter(session), before)  # it did learn
+
+
+def test_greedy_is_unchanged_when_the_drafter_keeps_its_stale_cache(target):
+    config = OnlineAlignmentConfig(**LEARN_FAST, refresh_cache=False)
+    session = EvoSpecSession(noisy_copy(target, seed=3, scale=0.3), config)
+    for seed in range(2):
+        assert torch.equal(generate(target, session, seed), target.generate(prompt(seed), max_new_tokens=30, do_sample=False))
+    assert session.stats.updates > 5
 
 
 def test_sampling_with_a_learning_drafter_runs(target):

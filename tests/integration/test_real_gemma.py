@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from evospec_hf import DraftStats, EvoSpecConfig, EvoSpecDrafter, load_target
+from evospec_hf import DraftStats, EvoSpecConfig, EvoSpecDrafter, EvoSpecSession, OnlineAlignmentConfig, load_target
 
 CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "gemma-3-270m-drafter-l2"
 PROMPTS = {
@@ -57,3 +57,19 @@ def test_greedy_equivalence_on_real_gemma(pair, domain):
         )  # fmt: skip
         assert torch.equal(got, expected), (domain, mode, tokenizer.decode(got[0]), tokenizer.decode(expected[0]))
         assert stats.rounds > 0
+
+
+def test_online_alignment_keeps_real_gemma_exact(pair):
+    """The drafter's LoRA learns every round from Gemma's verification; the output stays plain greedy's."""
+    model, tokenizer, _ = pair
+    drafter = EvoSpecDrafter.from_pretrained(CHECKPOINT, target=model, merge_adapter=False)
+    session = EvoSpecSession(drafter, OnlineAlignmentConfig(update_every=1, batch_size=2, window=32, min_replay=2))
+    inputs = tokenizer(PROMPTS["code"], return_tensors="pt")
+    expected = model.generate(**inputs, max_new_tokens=24, do_sample=False)
+    got = model.generate(
+        **inputs, max_new_tokens=24, do_sample=False, assistant_model=session.drafter, evospec_session=session,
+        evospec_config=EvoSpecConfig(shortlist="static+context", shortlist_size=16384, context_slots=2048),
+    )  # fmt: skip
+    assert torch.equal(got, expected)
+    assert session.stats.updates > 3
+    assert all(torch.isfinite(t).all() for t in session._weights.values())
