@@ -78,6 +78,7 @@ def main():
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--async-updates", action="store_true")
+    parser.add_argument("--trainable-layers", type=int, default=None, help="train only the last N layers' LoRA")
     parser.add_argument("--out", default="results/online")
     args = parser.parse_args()
 
@@ -86,7 +87,8 @@ def main():
     drafter = EvoSpecDrafter.from_pretrained(args.checkpoint, target=target, merge_adapter=False)
     config = EvoSpecConfig(shortlist=args.shortlist, num_draft_tokens=4)
     alignment = OnlineAlignmentConfig(
-        update_every=args.update_every, batch_size=args.batch_size, lr=args.lr, async_updates=args.async_updates
+        update_every=args.update_every, batch_size=args.batch_size, lr=args.lr, async_updates=args.async_updates,
+        trainable_layers=args.trainable_layers,
     )
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)

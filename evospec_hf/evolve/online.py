@@ -116,6 +116,15 @@ class OnlineAlignmentConfig:
             )
         },
     )
+    trainable_layers: int | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "Train only the LoRA weights of the last N decoder layers (fewer parameters, and no backward "
+                "through the layers below). None trains every LoRA weight."
+            )
+        },
+    )
     lora_rank: int = field(
         default=16, metadata={"help": "Rank of the LoRA adapter added to a drafter that has none."}
     )
@@ -131,6 +140,8 @@ class OnlineAlignmentConfig:
         for name in ("negatives", "min_replay", "warmup_updates"):
             if not is_int(getattr(self, name)) or getattr(self, name) < 0:
                 raise ValueError(f"`{name}` must be a non-negative integer, got {getattr(self, name)!r}.")
+        if self.trainable_layers is not None and (not is_int(self.trainable_layers) or self.trainable_layers <= 0):
+            raise ValueError(f"`trainable_layers` must be None or a positive integer, got {self.trainable_layers!r}.")
         start = self.curriculum_start_rank
         if start is not None and (not is_int(start) or start <= 0):
             raise ValueError(f"`curriculum_start_rank` must be None or a positive integer, got {start!r}.")

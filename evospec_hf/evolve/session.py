@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 
 import torch
 
@@ -24,6 +25,18 @@ from .online import AlignerState, AlignmentStats, OnlineAligner, OnlineAlignment
 
 def _lora_parameters(model) -> dict:
     return {name: p for name, p in model.named_parameters() if "lora_" in name}
+
+
+def _trained_subset(params: dict, last_layers: int | None) -> dict:
+    """The LoRA parameters of the last `last_layers` decoder layers (all of them when None)."""
+    if last_layers is None:
+        return params
+    layer_of = {name: re.search(r"\.(?:layers|h)\.(\d+)\.", name) for name in params}
+    if any(match is None for match in layer_of.values()):
+        raise ValueError("`trainable_layers` needs LoRA parameters named by decoder layer (`.layers.N.` or `.h.N.`).")
+    layers = {name: int(match.group(1)) for name, match in layer_of.items()}
+    first = max(layers.values()) - last_layers + 1
+    return {name: p for name, p in params.items() if layers[name] >= first}
 
 
 class EvoSpecSession:
@@ -70,15 +83,16 @@ class EvoSpecSession:
                 "`evospec_session` was created for another drafter: pass `assistant_model=session.drafter`."
             )
         params = _lora_parameters(self.drafter)
+        trained = _trained_subset(params, self.config.trainable_layers) if self.online else {}
         with torch.no_grad():
             self._outside = {name: p.detach().clone() for name, p in params.items()}
             for name, p in params.items():
                 p.copy_(self._weights[name])
-                p.requires_grad_(self.online)
+                p.requires_grad_(name in trained)
         if not self.online:
             return None
         body = unwrap_peft(self.drafter).base_model
-        self._aligner = OnlineAligner(body, head_weight, head_bias, softcap, params, self.config, self._state, self.stats)
+        self._aligner = OnlineAligner(body, head_weight, head_bias, softcap, trained, self.config, self._state, self.stats)
         return self._aligner
 
     def detach(self) -> None:

@@ -161,3 +161,14 @@ def test_a_session_adapts_a_gemma_drafter_with_sliding_window(router_folder):
         expected = target.generate(prompt(seed), max_new_tokens=30, do_sample=False)
         assert torch.equal(generate(target, session, seed, config), expected)
     assert session.stats.updates > 0
+
+
+def test_trainable_layers_limits_learning_to_the_last_layers(target):
+    session = EvoSpecSession(noisy_copy(target, seed=3, scale=0.3), OnlineAlignmentConfig(**LEARN_FAST, trainable_layers=1))
+    before = adapter(session)
+    generate(target, session, 0)
+    after = adapter(session)
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and all(".layers.1." in name for name in changed)  # the tiny target has 2 layers: 0 and 1
+    with pytest.raises(ValueError, match="trainable_layers"):
+        OnlineAlignmentConfig(trainable_layers=0)
