@@ -199,6 +199,7 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
             outside the shortlist, or `None` when no token can be drafted.
         """
         input_ids = input_ids.to(self.device)
+        self._steps = []  # no stale ranks if this round drafts nothing
         cur_len = input_ids.shape[1]
         num_drafts = min(int(self.num_assistant_tokens), self.main_model_max_length - cur_len - 1)
         if num_drafts <= 0:
