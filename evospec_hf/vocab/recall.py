@@ -79,10 +79,7 @@ def simulate_recall(
 
 @torch.no_grad()
 def routed_hits(routed, hidden: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-    """`(T,)` bool: whether the clusters `routed.select` picks at each position `(T, d)` hold that position's token.
-
-    The same rule as `RoutedHead.select` (best clusters first while they fit the budget, at least one), batched."""
-    ranked = torch.argsort(routed.router(hidden), dim=-1, descending=True)  # (T, C)
-    count = (torch.cumsum(routed.sizes[ranked], -1) <= routed.budget).sum(-1).clamp(min=1)
+    """`(T,)` bool: whether the clusters `routed.select` picks at each position `(T, d)` hold that position's token."""
+    ranked, count = routed.ranked_clusters(hidden)
     rank = (ranked == routed.clusters.cluster_of[truth][:, None]).float().argmax(-1)
     return rank < count

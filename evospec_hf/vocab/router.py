@@ -95,14 +95,18 @@ class RoutedHead:
         self.sorted_weight = lm_head_weight.index_select(0, self.order)
         self.sorted_bias = None if lm_head_bias is None else lm_head_bias.index_select(0, self.order)
 
+    @torch.no_grad()
+    def ranked_clusters(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(T, hidden_size)` -> clusters best first `(T, C)`, and how many of them each position takes `(T,)`:
+        clusters are added best first while they fit the token budget, at least one."""
+        ranked = torch.argsort(self.router(hidden), dim=-1, descending=True)
+        count = (torch.cumsum(self.sizes[ranked], -1) <= self.budget).sum(-1).clamp(min=1)
+        return ranked, count
+
     def select(self, hidden: torch.Tensor) -> list[int]:
         """Cluster ids for one position `(1, hidden_size)`, best first, within the token budget."""
-        with torch.no_grad():
-            scores = self.router(hidden)[0]
-        ranked = torch.argsort(scores, descending=True)
-        fits = torch.cumsum(self.sizes[ranked], 0) <= self.budget
-        count = max(1, int(fits.sum()))
-        return ranked[:count].tolist()
+        ranked, count = self.ranked_clusters(hidden)
+        return ranked[0, : int(count[0])].tolist()
 
     def logits(self, hidden: torch.Tensor, clusters: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """`(1, hidden)` -> (token ids `(n,)`, float32 logits `(1, n)`) over the given clusters, reading rows in place."""
