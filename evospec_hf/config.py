@@ -139,6 +139,17 @@ class EvoSpecConfig:
         },
     )
 
+    fast_verify_head: bool = field(
+        default=True,
+        metadata={
+            "help": (
+                "On CPU, compute the target's LM head for the k + 1 verified positions as `W @ H.T` instead of "
+                "`F.linear(H, W)`, which torch runs several times slower for a few rows than for one "
+                "(evospec_hf/ops/verify_head.py). Same values up to float rounding. False leaves the target as it is."
+            )
+        },
+    )
+
     def __post_init__(self):
         parts = self.shortlist.split("+") if isinstance(self.shortlist, str) else None
         if not parts or any(p not in SHORTLIST_MODES for p in parts) or len(set(parts)) != len(parts):
@@ -183,6 +194,8 @@ class EvoSpecConfig:
             raise ValueError(f"`draft_schedule` must be one of {DRAFT_SCHEDULES}, got {self.draft_schedule!r}.")
         if self.confidence_threshold is not None and not (0.0 < self.confidence_threshold < 1.0):
             raise ValueError(f"`confidence_threshold` must be None or in (0, 1), got {self.confidence_threshold!r}.")
+        if not isinstance(self.fast_verify_head, bool):
+            raise ValueError(f"`fast_verify_head` must be True or False, got {self.fast_verify_head!r}.")
         if self.head_backend not in HEAD_BACKENDS:
             raise ValueError(f"`head_backend` must be one of {HEAD_BACKENDS}, got {self.head_backend!r}.")
 

@@ -7,7 +7,10 @@ evospec_hf and an `EvoSpecSession` that does not learn ("off"), then with one th
 must be identical (the run stops otherwise). Scenarios:
 
 - `code`, `law`, `medical`: one long generation from the start of a held-out text of that domain;
-- `law->code`: one session, a law prompt then a code prompt (the adapter learned on law carries into code).
+- `law->code`: one session, a law prompt then a code prompt (the adapter learned on law carries into code);
+- `law-chat`, `code-chat`: one session over three calls, each a different held-out text of the domain (a
+  conversation). These also run a third variant, "first": the session learns during the first call only, then
+  keeps drafting with what it learned (`session.online = False`) and pays no more updates.
 
 Writes `online_alignment.json` (per scenario: tokens/s, tau, accepted tokens per round, updates, rollbacks, update
 ms, losses), `online_alignment.md` (a table) and `online_alignment.png` (tau over the rounds, on vs off).
@@ -16,6 +19,7 @@ ms, losses), `online_alignment.md` (a table) and `online_alignment.png` (tau ove
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from pathlib import Path
@@ -26,33 +30,63 @@ import evospec_hf
 from evospec_hf import DraftStats, EvoSpecConfig, EvoSpecDrafter, EvoSpecSession, OnlineAlignmentConfig
 from evospec_hf.data import load_domain_corpus
 
-SCENARIOS = {"code": ["code"], "law": ["law"], "medical": ["medical"], "law->code": ["law", "code"]}
+SCENARIOS = {  # name -> the (domain, n-th held-out text) of each call of one session
+    "code": [("code", 0)],
+    "law": [("law", 0)],
+    "medical": [("medical", 0)],
+    "law->code": [("law", 0), ("code", 0)],
+    "law-chat": [("law", 0), ("law", 1), ("law", 2)],
+    "code-chat": [("code", 0), ("code", 1), ("code", 2)],
+}
 
 
-def domain_prompt(tokenizer, domain: str, tokens: int) -> torch.Tensor:
-    """The first `tokens` tokens of the first held-out text of `domain` (never seen by distillation or the router)."""
+def domain_prompt(tokenizer, domain: str, tokens: int, nth: int = 0) -> torch.Tensor:
+    """The first `tokens` tokens of the `nth` held-out text of `domain` that is long enough (held-out texts were never
+    seen by distillation or the router)."""
+    found = 0
     for row in load_domain_corpus(domain, "heldout"):
         ids = tokenizer(row["text"], return_tensors="pt").input_ids
         if ids.shape[1] >= tokens:
-            return ids[:, :tokens]
-    raise ValueError(f"no held-out {domain} text of {tokens} tokens")
+            if found == nth:
+                return ids[:, :tokens]
+            found += 1
+    raise ValueError(f"fewer than {nth + 1} held-out {domain} texts of {tokens} tokens")
 
 
-def run(target, drafter, prompts, config, session, max_new_tokens):
-    """Generates for each prompt in turn within one session; returns outputs, seconds and stats."""
-    outputs, seconds, stats = [], 0.0, DraftStats()
-    for input_ids in prompts:
+def run(target, drafter, prompts, config, session, max_new_tokens, learn_calls=None):
+    """Generates for each prompt in turn within one session. The session learns during the first `learn_calls` calls
+    (None: all). Returns the outputs, the run's stats and per-call figures (seconds, new tokens, tau)."""
+    outputs, stats, calls = [], DraftStats(), []
+    for i, input_ids in enumerate(prompts):
+        call_stats = DraftStats()
+        if session is not None and learn_calls is not None and i == learn_calls:
+            session.online = False  # keep drafting with the learned adapter, stop training it
         start = time.perf_counter()
         if session is None:
             out = target.generate(input_ids, max_new_tokens=max_new_tokens, do_sample=False)
         else:
             out = target.generate(
                 input_ids, max_new_tokens=max_new_tokens, do_sample=False, assistant_model=drafter,
-                evospec_config=config, evospec_session=session, evospec_stats=stats,
+                evospec_config=config, evospec_session=session, evospec_stats=call_stats,
             )  # fmt: skip
-        seconds += time.perf_counter() - start
+        seconds = time.perf_counter() - start
         outputs.append(out)
-    return outputs, seconds, stats
+        new = out.shape[1] - input_ids.shape[1]
+        calls.append({
+            "seconds": round(seconds, 3), "new_tokens": new, "rounds": call_stats.rounds,
+            "accepted": call_stats.accepted, "tau": round(call_stats.mean_accepted_length, 3),
+        })  # fmt: skip
+        stats.rounds += call_stats.rounds
+        stats.drafted += call_stats.drafted
+        stats.accepted += call_stats.accepted
+        stats.accepted_per_round += call_stats.accepted_per_round
+    return outputs, stats, calls
+
+
+def tokens_per_s(calls: list, skip: int = 0) -> float:
+    """New tokens per second over the calls, leaving out the first `skip`."""
+    calls = calls[skip:]
+    return round(sum(c["new_tokens"] for c in calls) / sum(c["seconds"] for c in calls), 2)
 
 
 @torch.no_grad()
@@ -71,7 +105,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default="checkpoints/gemma-3-270m-drafter-l2")
     parser.add_argument("--shortlist", default="evospec")
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument(
+        "--scenarios", default="code,law,medical,law->code", help=f"comma-separated, from {', '.join(SCENARIOS)}"
+    )
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--max-new-tokens", type=int, default=192)
     parser.add_argument("--update-every", type=int, default=4)
@@ -99,25 +135,29 @@ def main():
 
     results = {}
     for name in args.scenarios.split(","):
-        prompts = [domain_prompt(tokenizer, d, args.prompt_tokens) for d in SCENARIOS[name]]
-        reference, plain_s, _ = run(target, drafter, prompts, config, None, args.max_new_tokens)
-        new_tokens = sum(o.shape[1] - p.shape[1] for o, p in zip(reference, prompts))
-        row = {"new_tokens": new_tokens, "plain_tokens_per_s": round(new_tokens / plain_s, 2)}
-        for label, online in (("off", False), ("on", True)):
+        prompts = [domain_prompt(tokenizer, d, args.prompt_tokens, nth) for d, nth in SCENARIOS[name]]
+        reference, _, plain_calls = run(target, drafter, prompts, config, None, args.max_new_tokens)
+        new_tokens = sum(c["new_tokens"] for c in plain_calls)
+        row = {"new_tokens": new_tokens, "plain_tokens_per_s": tokens_per_s(plain_calls), "plain_calls": plain_calls}
+        variants = [("off", False, None), ("on", True, None)]
+        if len(prompts) > 1 and len({d for d, _ in SCENARIOS[name]}) == 1:
+            variants.append(("first", True, 1))  # a conversation: learn during its first call only
+        for label, online, learn_calls in variants:
             session = EvoSpecSession(drafter, alignment, online=online)
-            outputs, seconds, stats = run(target, drafter, prompts, config, session, args.max_new_tokens)
+            outputs, stats, calls = run(target, drafter, prompts, config, session, args.max_new_tokens, learn_calls)
             for i, (got, expected) in enumerate(zip(outputs, reference)):
                 if not torch.equal(got, expected):
                     raise SystemExit(f"MISMATCH: {name} prompt {i} with alignment {label} differs from plain greedy")
             s = session.stats
-            if online:
+            if label == "on":
                 row["agreement_before"] = round(agreement(drafter, outputs, prompts), 4)
                 with session.applied():
                     row["agreement_after"] = round(agreement(drafter, outputs, prompts), 4)
             row[label] = {
-                "tokens_per_s": round(new_tokens / seconds, 2),
+                "tokens_per_s": tokens_per_s(calls),
                 "tau": round(stats.mean_accepted_length, 3),
                 "acceptance_rate": round(stats.acceptance_rate, 3),
+                "calls": calls,
                 "accepted_per_round": stats.accepted_per_round,
                 "updates": s.updates,
                 "rollbacks": s.rollbacks,
@@ -127,10 +167,13 @@ def main():
             }
         results[name] = row
         print(
-            f"{name}: plain {row['plain_tokens_per_s']} tok/s | off {row['off']['tokens_per_s']} tok/s tau "
-            f"{row['off']['tau']} | on {row['on']['tokens_per_s']} tok/s tau {row['on']['tau']} "
-            f"({row['on']['updates']} updates, {row['on']['update_ms_median']} ms each, {row['on']['rollbacks']} rollbacks); "
-            f"agreement on this text {row['agreement_before']} -> {row['agreement_after']}",
+            f"{name}: plain {row['plain_tokens_per_s']} tok/s | "
+            + " | ".join(
+                f"{label} {row[label]['tokens_per_s']} tok/s tau {row[label]['tau']} "
+                f"(per call {[c['tau'] for c in row[label]['calls']]}, {row[label]['updates']} updates)"
+                for label, _, _ in variants
+            )
+            + f" | agreement on this text {row['agreement_before']} -> {row['agreement_after']}",
             flush=True,
         )
 
@@ -151,6 +194,24 @@ def main():
             f"{on['tokens_per_s']} | {on['tau']} | {on['updates']} | {on['update_ms_median']} | {on['rollbacks']} | "
             f"{row['agreement_before']:.1%} -> {row['agreement_after']:.1%} |"
         )
+    chats = {name: row for name, row in results.items() if "first" in row}
+    if chats:
+        lines += [
+            "",
+            "| conversation | calls | plain tok/s | off: tok/s | off: tau | on: tok/s | on: tau | first: tok/s | "
+            "first: tau |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name, row in chats.items():
+            count = len(row["plain_calls"])
+            for label, lo, hi in [(f"{i + 1}", i, i + 1) for i in range(count)] + [(f"2-{count}", 1, count)]:
+                cells = [f"{tokens_per_s(row['plain_calls'][lo:hi])}"]
+                for variant in ("off", "on", "first"):
+                    calls = row[variant]["calls"][lo:hi]
+                    rounds = sum(c["rounds"] for c in calls)
+                    tau = (sum(c["accepted"] for c in calls) + rounds) / rounds
+                    cells += [f"{tokens_per_s(calls)}", f"{tau:.3f}"]
+                lines.append(f"| {name} | {label} | " + " | ".join(cells) + " |")
     (out_dir / "online_alignment.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     plot(results, out_dir / "online_alignment.png")
@@ -165,11 +226,15 @@ def plot(results: dict, path: Path, window: int = 16) -> None:
 
     fig, axes = plt.subplots(1, len(results), figsize=(4 * len(results), 3.2), squeeze=False, sharey=True)
     for ax, (name, row) in zip(axes[0], results.items()):
-        for label, style in (("off", "--"), ("on", "-")):
+        for label, style in (("off", "--"), ("on", "-"), ("first", ":")):
+            if label not in row:
+                continue
             accepted = torch.tensor(row[label]["accepted_per_round"], dtype=torch.float32) + 1
             kernel = torch.ones(1, 1, min(window, len(accepted))) / min(window, len(accepted))
             smooth = torch.nn.functional.conv1d(accepted[None, None], kernel)[0, 0]
             ax.plot(range(len(smooth)), smooth.tolist(), style, label=f"alignment {label}")
+        for boundary in itertools.accumulate(c["rounds"] for c in row["off"]["calls"][:-1]):
+            ax.axvline(boundary, color="grey", linewidth=0.5)  # where the session's next call begins (off's rounds)
         ax.set_title(name)
         ax.set_xlabel("round")
     axes[0][0].set_ylabel(f"tau (running mean of {window} rounds)")

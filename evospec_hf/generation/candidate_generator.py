@@ -9,6 +9,7 @@ The target verifies the candidates over the full vocabulary in transformers' own
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -35,12 +36,27 @@ class DraftStats:
         drafted: tokens the drafter proposed.
         accepted: drafted tokens the target accepted.
         accepted_per_round: drafted tokens accepted in each round, in order (for curves of tau over time).
+        checked, in_shortlist: verified positions that had a draft step, and how many of the target's tokens there
+            were inside the drafter's shortlist (`shortlist_recall`).
+        draft_seconds: wall time drafting (drafter body, shortlist upkeep, routing and LM head), of which
+            `head_seconds` over `head_steps` steps in the LM head (`draft_logits`).
+        verify_seconds: wall time from the drafts' hand-over to the verification feedback (the target's forward and
+            transformers' acceptance step).
+        learn_seconds: wall time online alignment kept the generating thread busy (updates, and waiting on them).
+        On CUDA these are host times: kernels still running are not waited for.
     """
 
     rounds: int = 0
     drafted: int = 0
     accepted: int = 0
     accepted_per_round: list = field(default_factory=list)
+    checked: int = 0
+    in_shortlist: int = 0
+    draft_seconds: float = 0.0
+    head_seconds: float = 0.0
+    head_steps: int = 0
+    verify_seconds: float = 0.0
+    learn_seconds: float = 0.0
 
     @property
     def mean_accepted_length(self) -> float:
@@ -50,6 +66,15 @@ class DraftStats:
     @property
     def acceptance_rate(self) -> float:
         return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def shortlist_recall(self) -> float:
+        """Share of the target's tokens at drafted positions that the drafter's shortlist held."""
+        return self.in_shortlist / self.checked if self.checked else 0.0
+
+    @property
+    def head_ms_per_step(self) -> float:
+        return 1e3 * self.head_seconds / self.head_steps if self.head_steps else 0.0
 
 
 class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
@@ -152,6 +177,7 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
 
         self.cache = self._new_cache()
         self._cache_weights = self.learner.weights_version if self.learner is not None else 0
+        self._handed_over = None  # when the last drafts went to the target (for `DraftStats.verify_seconds`)
 
     def _new_cache(self) -> DynamicCache:
         cache = DynamicCache(config=self.assistant_model.config)
@@ -198,11 +224,13 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
             `torch.FloatTensor` of shape `(1, candidate_length, vocab_size)`: the (processed) draft logits, -inf
             outside the shortlist, or `None` when no token can be drafted.
         """
+        start = time.perf_counter()
         input_ids = input_ids.to(self.device)
         self._steps = []  # no stale ranks if this round drafts nothing
         cur_len = input_ids.shape[1]
         num_drafts = min(int(self.num_assistant_tokens), self.main_model_max_length - cur_len - 1)
         if num_drafts <= 0:
+            self._handed_over = None
             return input_ids, None
         if self.observes_context:
             if self.retrieval is not None:  # retrieved first: the real context tokens stay the most recently seen
@@ -216,7 +244,9 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
         threshold = self.evospec_config.confidence_threshold
         for _ in range(num_drafts):
             hidden = self.drafter_body(input_ids=feed, past_key_values=self.cache, use_cache=True).last_hidden_state
+            head_start = time.perf_counter()
             ids, logits = self.draft_logits(hidden[:, -1])
+            self.stats.head_seconds += time.perf_counter() - head_start
             if self.greedy_fast_path:
                 choice = logits.argmax(dim=-1)
                 token = choice if ids is None else ids[choice]
@@ -233,10 +263,16 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
             feed = token[:, None]
             if threshold is not None and logits.softmax(dim=-1)[0, choice[0]] < threshold:
                 break
+        self._steps = steps
+        candidate_logits = self._candidate_logits(steps)
+        self.stats.head_steps += len(steps)
+        self.stats.draft_seconds += time.perf_counter() - start
         if self.learner is not None:
-            self._steps = steps
+            learn_start = time.perf_counter()
             self.learner.start()  # a due update runs now, or in the background while the target verifies
-        return sequence, self._candidate_logits(steps)
+            self.stats.learn_seconds += time.perf_counter() - learn_start
+        self._handed_over = time.perf_counter()
+        return sequence, candidate_logits
 
     def _candidate_logits(self, steps) -> torch.Tensor:
         """`(1, num_steps, vocab_size)` from per-step (ids, logits): one -inf fill per round, not per token."""
@@ -275,11 +311,19 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
             scores (`torch.FloatTensor` of shape `(1, candidate_length + 1, vocab_size)`): the target's scores.
             num_matches (`int`): how many drafts the target accepted.
         """
+        if self._handed_over is not None:
+            self.stats.verify_seconds += time.perf_counter() - self._handed_over
         num_matches, num_drafted = int(num_matches), scores.shape[1] - 1
+        targets = input_ids[0, input_ids.shape[1] - num_matches - 1 :]
+        ranks = self._draft_ranks(targets)
+        checked = min(targets.shape[0], len(self._steps))
+        self.stats.checked += checked
+        self.stats.in_shortlist += int((ranks[:checked] != OUTSIDE_SHORTLIST).sum())
         if self.learner is not None:
+            learn_start = time.perf_counter()
             self.learner.wait()
-            targets = input_ids[0, input_ids.shape[1] - num_matches - 1 :]
-            self.learner.record(input_ids[0], scores, num_matches, self._draft_ranks(targets))
+            self.learner.record(input_ids[0], scores, num_matches, ranks)
+            self.stats.learn_seconds += time.perf_counter() - learn_start
         self.stats.rounds += 1
         self.stats.drafted += num_drafted
         self.stats.accepted += num_matches
@@ -297,6 +341,9 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
         for i, (ids, logits) in enumerate(self._steps[: targets.shape[0]]):
             if ids is None:
                 score = logits[0, targets[i]]
+                if score == float("-inf"):  # masked outside the shortlist (the sampling path's full-width logits)
+                    ranks[i] = OUTSIDE_SHORTLIST
+                    continue
             else:
                 column = (ids == targets[i]).nonzero()
                 if column.numel() == 0:

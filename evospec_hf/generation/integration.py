@@ -27,6 +27,7 @@ from types import SimpleNamespace
 from transformers import GenerationMixin
 
 from ..config import EvoSpecConfig
+from ..ops.verify_head import columns_verify_head
 from .candidate_generator import DraftStats, EvoSpecCandidateGenerator
 
 # a reload of this module must not wrap the wrapper
@@ -96,12 +97,15 @@ def evospec_drafting(model, evospec_config: EvoSpecConfig, stats: DraftStats | N
         return drafting.generator
 
     model._get_candidate_generator = _get_candidate_generator
-    try:
-        yield drafting
-    finally:
-        del model._get_candidate_generator
-        if drafting.generator is not None:
-            drafting.generator.close()
+    with contextlib.ExitStack() as stack:
+        if evospec_config.fast_verify_head:
+            stack.enter_context(columns_verify_head(model))
+        try:
+            yield drafting
+        finally:
+            del model._get_candidate_generator
+            if drafting.generator is not None:
+                drafting.generator.close()
 
 
 @functools.wraps(_original_generate)

@@ -182,3 +182,29 @@ def build_frequency_table(
     if batch:
         flush()
     return FrequencyTable.from_counts(counts, source)
+
+
+VOCABTRIM_NAME = "evospec_vocabtrim.json"  # the drafter's own emissions, inside a drafter folder
+
+
+@torch.no_grad()
+def build_drafter_emission_table(drafter, chunks, source: str = "") -> FrequencyTable:
+    """A VocabTrim-style table: how often the drafter itself emits each token on calibration text.
+
+    Each chunk is read once (teacher-forced) and the drafter's greedy choice, the argmax of its full-vocabulary
+    logits, is counted at every position: the tokens it proposes when it is on track. The first
+    `FrequencyTable.top(n)` ids then make a static shortlist matched to the drafter rather than to the corpus.
+
+    Args:
+        drafter: a causal LM (the drafter, adapter merged or not).
+        chunks: iterable of 1-D LongTensors of token ids (e.g. `evospec_hf.data.token_chunks(...)`'s tensors).
+    """
+    from tqdm.auto import tqdm
+
+    vocab_size = drafter.get_output_embeddings().weight.shape[0]
+    counts = torch.zeros(vocab_size, dtype=torch.long)
+    device = drafter.device
+    for ids in tqdm(list(chunks), desc="drafter emissions", unit="chunk"):
+        logits = drafter(input_ids=torch.as_tensor(ids, dtype=torch.long, device=device)[None]).logits[0]
+        counts += torch.bincount(logits.argmax(dim=-1).cpu(), minlength=vocab_size)
+    return FrequencyTable.from_counts(counts, source)

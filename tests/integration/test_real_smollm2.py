@@ -47,3 +47,21 @@ def test_greedy_equivalence_on_real_smollm2(pair, domain):
         )  # fmt: skip
         assert torch.equal(got, expected), (domain, mode, tokenizer.decode(got[0]), tokenizer.decode(expected[0]))
         assert stats.accepted > 0  # a distilled drafter that never agrees would mean a broken checkpoint
+
+
+def test_benchmark_cli_on_real_smollm2(tmp_path):
+    """The published command's path end to end, short: every default method family, checked against greedy."""
+    import json
+
+    from evospec_hf.bench.__main__ import main
+
+    methods = "target,hf-assisted,prompt-lookup,full-vocab,fr-spec-8k,router-8k,evospec-8k,evospec-online-8k"
+    code = main([
+        "--drafter", str(CHECKPOINT), "--methods", methods, "--sets", "code,topic-switch",
+        "--max-new-tokens", "12", "--out", str(tmp_path),
+    ])  # fmt: skip
+    assert code == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert list(results["aggregate"]) == methods.split(",")
+    assert [p["domain"] for p in results["prompts"]] == ["code", "topic-switch"]
+    assert all((tmp_path / name).stat().st_size > 0 for name in ("results.md", "speedup.png", "tau.png"))

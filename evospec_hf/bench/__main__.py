@@ -1,0 +1,98 @@
+"""`python -m evospec_hf.bench`: see `main`'s --help."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+
+import torch
+
+from .methods import DEFAULT_METHODS, build_methods
+from .prompts import BUILTIN_SETS, builtin_prompts, load_prompts
+from .report import markdown, write_report
+from .runner import MismatchError, run_benchmark
+
+DESCRIPTION = """Benchmarks decoding methods side by side on the same prompts, greedy, in one process.
+
+Every lossless method's output is checked against plain greedy output; a mismatch stops the run with exit code 1
+and names the prompt. Writes results.json, results.md, speedup.png and tau.png into --out.
+
+Example: python -m evospec_hf.bench --drafter checkpoints/gemma-3-270m-drafter-l2 --out results/bench/gemma
+"""
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m evospec_hf.bench", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--drafter", required=True, help="an evospec_hf drafter checkpoint folder")
+    parser.add_argument("--target", default=None, help="a known target name or a local model folder (default: the drafter's)")
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated; see evospec_hf/bench/methods.py")
+    parser.add_argument("--prompts", default=None, help="jsonl: {id, domain, prompt} or Spec-Bench's {question_id, category, turns}")
+    parser.add_argument("--chat-template", action="store_true", help="wrap --prompts in the tokenizer's chat template")
+    parser.add_argument("--sets", default=",".join(BUILTIN_SETS), help="built-in held-out prompt sets (without --prompts)")
+    parser.add_argument("--per-set", type=int, default=1, help="prompts per built-in set")
+    parser.add_argument("--prompt-tokens", type=int, default=64, help="length of built-in prompts")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N prompts")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs per (prompt, method); medians are reported")
+    parser.add_argument("--no-warmup", action="store_true")
+    parser.add_argument("--num-draft-tokens", type=int, default=None, help="evospec_hf methods' starting draft length")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", default="bench_results")
+    args = parser.parse_args(argv)
+
+    from ..models import EvoSpecDrafter, load_target
+    from ..models.targets import KNOWN_TARGETS
+
+    target_name = args.target or EvoSpecDrafter.read_config(args.drafter)["target"]
+    if target_name in KNOWN_TARGETS:
+        target, tokenizer = load_target(target_name)
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        target = AutoModelForCausalLM.from_pretrained(target_name).eval()
+        tokenizer = AutoTokenizer.from_pretrained(target_name)
+    target.to(args.device)
+    names = [n.strip() for n in args.methods.split(",") if n.strip()]
+    drafter = EvoSpecDrafter.from_pretrained(args.drafter, target=target).to(args.device)
+    adapting = None
+    if any(n.startswith("evospec-online") for n in names):
+        adapting = EvoSpecDrafter.from_pretrained(args.drafter, target=target, merge_adapter=False).to(args.device)
+    methods = build_methods(names, drafter, adapting, num_draft_tokens=args.num_draft_tokens)
+
+    if args.prompts:
+        prompts = load_prompts(args.prompts, tokenizer, chat_template=args.chat_template)
+    else:
+        sets = [s.strip() for s in args.sets.split(",") if s.strip()]
+        prompts = builtin_prompts(tokenizer, sets, per_set=args.per_set, prompt_tokens=args.prompt_tokens)
+    prompts = prompts[: args.limit] if args.limit else prompts
+
+    meta = {
+        "command": "python -m evospec_hf.bench " + " ".join(sys.argv[1:] if argv is None else argv),
+        "target": target_name, "drafter": args.drafter, "methods": [m.name for m in methods],
+        "prompts": len(prompts), "prompt_source": args.prompts or f"built-in: {args.sets}",
+        "max_new_tokens": args.max_new_tokens, "repeats": args.repeats, "machine": _machine(args.device),
+    }  # fmt: skip
+    try:
+        results = run_benchmark(target, prompts, methods, args.max_new_tokens, args.repeats, warmup=not args.no_warmup)
+    except MismatchError as err:
+        print("\n" + "!" * 100 + f"\n{err}\n" + "!" * 100, file=sys.stderr)
+        return 1
+    paths = write_report(results, args.out, meta)
+    print(markdown(results, meta))
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _machine(device: str) -> str:
+    if device.startswith("cuda"):
+        where = torch.cuda.get_device_name(torch.device(device))
+    else:
+        where = f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    return f"{where}; torch {torch.__version__}, {platform.python_implementation()} {platform.python_version()}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

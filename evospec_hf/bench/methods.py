@@ -1,0 +1,123 @@
+"""The decoding methods the benchmark compares, each a way to call `target.generate` greedily.
+
+Names (`--methods`):
+
+- `target`: plain greedy `generate`, the reference every lossless method must reproduce.
+- `hf-assisted`: transformers' own assisted generation with the same drafter over the full vocabulary (its
+  defaults: 20 draft tokens with its heuristic schedule, confidence threshold 0.4).
+- `prompt-lookup`: transformers' prompt lookup decoding (10 tokens, n-grams up to 2), no drafter.
+- `full-vocab`: evospec_hf's draft loop with no shortlist (the same drafter's full-vocabulary tau).
+- `fr-spec-<N>k`: the static FR-Spec list of the N*1024 most frequent corpus tokens (`shortlist="static"`).
+- `vocabtrim-<N>k`: a static list of the N*1024 tokens the drafter itself emits most on calibration text
+  (`evospec_vocabtrim.json` in the drafter folder, from `scripts/build_vocabtrim_shortlist.py`).
+- `router-<N>k`: the DynaSpec cluster router alone (`shortlist="router"`).
+- `evospec-<N>k`: router, context tokens and the retrieval indexes (`shortlist="evospec"`).
+- `evospec-online-<N>k`: evospec with a fresh `EvoSpecSession` per generation that learns online.
+
+The size suffix is optional (16k by default): `fr-spec` is `fr-spec-16k`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..config import EvoSpecConfig
+from ..evolve import EvoSpecSession, OnlineAlignmentConfig
+from ..utils import drafter_folder
+from ..vocab.frequency import VOCABTRIM_NAME
+
+DEFAULT_METHODS = (
+    "target", "hf-assisted", "prompt-lookup", "full-vocab", "fr-spec-8k", "fr-spec-16k", "fr-spec-32k",
+    "vocabtrim-16k", "router-16k", "evospec-16k", "evospec-online-16k",
+)  # fmt: skip
+SHORTLISTS = {"fr-spec": "static", "vocabtrim": "static", "router": "router", "evospec": "evospec", "evospec-online": "evospec"}
+_SIZED = re.compile(r"^(fr-spec|vocabtrim|router|evospec-online|evospec)(?:-(\d+)k)?$")
+
+# the online-alignment setting measured cheapest on this CPU (README, "Online alignment"): last layer, every 8 rounds
+ONLINE_DEFAULTS = OnlineAlignmentConfig(trainable_layers=1, update_every=8)
+
+
+@dataclass
+class Method:
+    """One way to generate.
+
+    Attributes:
+        name: the method's name in tables and plots.
+        generate_kwargs: returns the keyword arguments `target.generate` gets on top of the prompt, greedy and
+            `max_new_tokens`; called once per generation (so a session is fresh each time).
+        lossless: greedy output must equal plain greedy output (every method here; a lossy one would set False).
+        drafts: whether it reports `DraftStats` (evospec_hf's own generator).
+    """
+
+    name: str
+    generate_kwargs: Callable[[], dict]
+    lossless: bool = True
+    drafts: bool = False
+
+
+def build_methods(
+    names, drafter=None, adapting_drafter=None, num_draft_tokens: int | None = None, online: OnlineAlignmentConfig | None = None
+) -> list[Method]:
+    """The methods called `names`.
+
+    Args:
+        drafter: the drafter for `hf-assisted` and every shortlist method (an `EvoSpecDrafter`, adapter merged).
+        adapting_drafter: the drafter for `evospec-online`, with its LoRA unmerged (`merge_adapter=False`); the
+            session swaps its adapter in and out, so `drafter` is never touched.
+        num_draft_tokens: tokens drafted per round by evospec_hf's methods (None: `EvoSpecConfig`'s default).
+        online: the online alignment of `evospec-online` (default `ONLINE_DEFAULTS`).
+    """
+    methods, seen = [], set()
+    for name in names:
+        method = _build(name, drafter, adapting_drafter, num_draft_tokens, online or ONLINE_DEFAULTS)
+        if method.name in seen:
+            raise ValueError(f"method {method.name!r} is listed twice")
+        seen.add(method.name)
+        methods.append(method)
+    return methods
+
+
+def _build(name, drafter, adapting_drafter, num_draft_tokens, online) -> Method:
+    if name == "target":
+        return Method(name, dict)
+    if name == "prompt-lookup":
+        return Method(name, lambda: {"prompt_lookup_num_tokens": 10, "max_matching_ngram_size": 2})
+    if drafter is None:
+        raise ValueError(f"method {name!r} needs a drafter")
+    if name == "hf-assisted":
+        return Method(name, lambda: {"assistant_model": drafter})
+    draft = {} if num_draft_tokens is None else {"num_draft_tokens": num_draft_tokens}
+    if name == "full-vocab":
+        config = EvoSpecConfig(shortlist="full", **draft)
+        return Method(name, lambda: {"assistant_model": drafter, "evospec_config": config}, drafts=True)
+    match = _SIZED.match(name)
+    if match is None:
+        raise ValueError(
+            f"unknown method {name!r}; choose from target, hf-assisted, prompt-lookup, full-vocab, and "
+            f"{', '.join(SHORTLISTS)} with an optional size suffix such as -16k"
+        )
+    kind, size = match.group(1), int(match.group(2) or 16) * 1024
+    name = f"{kind}-{size // 1024}k"
+    options = {"shortlist": SHORTLISTS[kind], "shortlist_size": size, **draft}
+    if kind == "vocabtrim":
+        path = os.path.join(drafter_folder(drafter), VOCABTRIM_NAME)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"vocabtrim needs {VOCABTRIM_NAME} in the drafter folder ({path!r} is missing): build it with "
+                "`python scripts/build_vocabtrim_shortlist.py --checkpoint <drafter folder>`."
+            )
+        options["static_shortlist_path"] = path
+    config = EvoSpecConfig(**options)
+    if kind != "evospec-online":
+        return Method(name, lambda: {"assistant_model": drafter, "evospec_config": config}, drafts=True)
+    if adapting_drafter is None:
+        raise ValueError("evospec-online needs `adapting_drafter` (the drafter loaded with merge_adapter=False)")
+
+    def with_session() -> dict:
+        session = EvoSpecSession(adapting_drafter, online)
+        return {"assistant_model": session.drafter, "evospec_config": config, "evospec_session": session}
+
+    return Method(name, with_session, drafts=True)

@@ -1,0 +1,45 @@
+"""Builds the VocabTrim-style list of a drafter checkpoint: the tokens the drafter itself emits on calibration text.
+
+    python scripts/build_vocabtrim_shortlist.py --checkpoint checkpoints/gemma-3-270m-drafter-l2
+
+Calibration text is the train split of evospec_hf's domain corpora (the benchmark's prompts come from the held-out
+split). The drafter reads each chunk once; its greedy choice at every position is counted
+(`evospec_hf.vocab.build_drafter_emission_table`). Writes `<checkpoint>/evospec_vocabtrim.json`, a frequency table in
+the static list's format, used by the benchmark's `vocabtrim-<N>k` methods or by
+`EvoSpecConfig(shortlist="static", static_shortlist_path=<that file>)`.
+"""
+
+import argparse
+import os
+
+import evospec_hf
+from evospec_hf import EvoSpecDrafter
+from evospec_hf.data import DOMAINS, token_chunks
+from evospec_hf.vocab import build_drafter_emission_table
+from evospec_hf.vocab.frequency import VOCABTRIM_NAME
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--chunks-per-domain", type=int, default=16)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    target, tokenizer = evospec_hf.load_target(EvoSpecDrafter.read_config(args.checkpoint)["target"])
+    drafter = EvoSpecDrafter.from_pretrained(args.checkpoint, target=target)
+    chunks = token_chunks(tokenizer, "train", args.seq_len, args.chunks_per_domain, args.seed)
+    positions = sum(c.numel() for _, c in chunks)
+    source = (
+        f"greedy choices of the drafter {args.checkpoint} at {positions} positions of {len(chunks)} train-split chunks "
+        f"({', '.join(DOMAINS)}; seq_len {args.seq_len}, seed {args.seed})"
+    )
+    table = build_drafter_emission_table(drafter, [c for _, c in chunks], source=source)
+    path = os.path.join(args.checkpoint, VOCABTRIM_NAME)
+    table.save(path)
+    print(f"{path}: {table.token_ids.numel():,} distinct tokens emitted at {positions:,} positions")
+
+
+if __name__ == "__main__":
+    main()
