@@ -27,9 +27,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m evospec_hf.bench", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--drafter", required=True, help="an evospec_hf drafter checkpoint folder")
-    parser.add_argument("--target", default=None, help="a known target name or a local model folder (default: the drafter's)")
-    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated; see evospec_hf/bench/methods.py")
-    parser.add_argument("--prompts", default=None, help="jsonl: {id, domain, prompt} or Spec-Bench's {question_id, category, turns}")
+    parser.add_argument("--target", default=None, help="a known target name or a model folder (default: the drafter's)")
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated; see bench/methods.py")
+    parser.add_argument("--prompts", default=None, help="jsonl: {id, domain, prompt} or Spec-Bench's question.jsonl")
     parser.add_argument("--chat-template", action="store_true", help="wrap --prompts in the tokenizer's chat template")
     parser.add_argument("--sets", default=",".join(BUILTIN_SETS), help="built-in held-out prompt sets (without --prompts)")
     parser.add_argument("--per-set", type=int, default=1, help="prompts per built-in set")
@@ -39,6 +39,10 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per (prompt, method); medians are reported")
     parser.add_argument("--no-warmup", action="store_true")
     parser.add_argument("--num-draft-tokens", type=int, default=None, help="evospec_hf methods' starting draft length")
+    parser.add_argument(
+        "--slow-verify-head", action="store_true",
+        help="evospec_hf's methods verify with the target's head as transformers runs it (fast_verify_head=False)",
+    )  # fmt: skip
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default="bench_results")
     args = parser.parse_args(argv)
@@ -60,7 +64,8 @@ def main(argv=None) -> int:
     adapting = None
     if any(n.startswith("evospec-online") for n in names):
         adapting = EvoSpecDrafter.from_pretrained(args.drafter, target=target, merge_adapter=False).to(args.device)
-    methods = build_methods(names, drafter, adapting, num_draft_tokens=args.num_draft_tokens)
+    methods = build_methods(names, drafter, adapting, num_draft_tokens=args.num_draft_tokens,
+                            fast_verify_head=not args.slow_verify_head)  # fmt: skip
 
     if args.prompts:
         prompts = load_prompts(args.prompts, tokenizer, chat_template=args.chat_template)
@@ -74,6 +79,7 @@ def main(argv=None) -> int:
         "target": target_name, "drafter": args.drafter, "methods": [m.name for m in methods],
         "prompts": len(prompts), "prompt_source": args.prompts or f"built-in: {args.sets}",
         "max_new_tokens": args.max_new_tokens, "repeats": args.repeats, "machine": _machine(args.device),
+        "fast_verify_head": not args.slow_verify_head,
     }  # fmt: skip
     try:
         results = run_benchmark(target, prompts, methods, args.max_new_tokens, args.repeats, warmup=not args.no_warmup)
@@ -90,7 +96,8 @@ def _machine(device: str) -> str:
     if device.startswith("cuda"):
         where = torch.cuda.get_device_name(torch.device(device))
     else:
-        where = f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+        cpu = platform.processor() or platform.machine()
+        where = f"{cpu} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
     return f"{where}; torch {torch.__version__}, {platform.python_implementation()} {platform.python_version()}"
 
 

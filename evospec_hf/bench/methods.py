@@ -33,7 +33,9 @@ DEFAULT_METHODS = (
     "target", "hf-assisted", "prompt-lookup", "full-vocab", "fr-spec-8k", "fr-spec-16k", "fr-spec-32k",
     "vocabtrim-16k", "router-16k", "evospec-16k", "evospec-online-16k",
 )  # fmt: skip
-SHORTLISTS = {"fr-spec": "static", "vocabtrim": "static", "router": "router", "evospec": "evospec", "evospec-online": "evospec"}
+SHORTLISTS = {  # method family -> EvoSpecConfig.shortlist
+    "fr-spec": "static", "vocabtrim": "static", "router": "router", "evospec": "evospec", "evospec-online": "evospec",
+}  # fmt: skip
 _SIZED = re.compile(r"^(fr-spec|vocabtrim|router|evospec-online|evospec)(?:-(\d+)k)?$")
 
 # the online-alignment setting measured cheapest on this CPU (README, "Online alignment"): last layer, every 8 rounds
@@ -59,8 +61,9 @@ class Method:
 
 
 def build_methods(
-    names, drafter=None, adapting_drafter=None, num_draft_tokens: int | None = None, online: OnlineAlignmentConfig | None = None
-) -> list[Method]:
+    names, drafter=None, adapting_drafter=None, num_draft_tokens: int | None = None,
+    online: OnlineAlignmentConfig | None = None, fast_verify_head: bool = True,
+) -> list[Method]:  # fmt: skip
     """The methods called `names`.
 
     Args:
@@ -69,10 +72,13 @@ def build_methods(
             session swaps its adapter in and out, so `drafter` is never touched.
         num_draft_tokens: tokens drafted per round by evospec_hf's methods (None: `EvoSpecConfig`'s default).
         online: the online alignment of `evospec-online` (default `ONLINE_DEFAULTS`).
+        fast_verify_head: `EvoSpecConfig.fast_verify_head` for evospec_hf's methods (False: the target's head runs
+            as transformers runs it, as in `hf-assisted` and `prompt-lookup`).
     """
     methods, seen = [], set()
     for name in names:
-        method = _build(name, drafter, adapting_drafter, num_draft_tokens, online or ONLINE_DEFAULTS)
+        online = online or ONLINE_DEFAULTS
+        method = _build(name, drafter, adapting_drafter, num_draft_tokens, online, fast_verify_head)
         if method.name in seen:
             raise ValueError(f"method {method.name!r} is listed twice")
         seen.add(method.name)
@@ -80,7 +86,7 @@ def build_methods(
     return methods
 
 
-def _build(name, drafter, adapting_drafter, num_draft_tokens, online) -> Method:
+def _build(name, drafter, adapting_drafter, num_draft_tokens, online, fast_verify_head) -> Method:
     if name == "target":
         return Method(name, dict)
     if name == "prompt-lookup":
@@ -89,7 +95,9 @@ def _build(name, drafter, adapting_drafter, num_draft_tokens, online) -> Method:
         raise ValueError(f"method {name!r} needs a drafter")
     if name == "hf-assisted":
         return Method(name, lambda: {"assistant_model": drafter})
-    draft = {} if num_draft_tokens is None else {"num_draft_tokens": num_draft_tokens}
+    draft = {"fast_verify_head": fast_verify_head}
+    if num_draft_tokens is not None:
+        draft["num_draft_tokens"] = num_draft_tokens
     if name == "full-vocab":
         config = EvoSpecConfig(shortlist="full", **draft)
         return Method(name, lambda: {"assistant_model": drafter, "evospec_config": config}, drafts=True)

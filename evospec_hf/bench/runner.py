@@ -117,7 +117,8 @@ def summarize(prompts: list[dict], methods: list, runs: dict) -> dict:
     """
     per_prompt = []
     for prompt in prompts:
-        row = {"id": prompt["id"], "domain": prompt["domain"], "prompt_tokens": prompt["input_ids"].shape[1], "methods": {}}
+        row = {"id": prompt["id"], "domain": prompt["domain"], "prompt_tokens": prompt["input_ids"].shape[1]}
+        row["methods"] = {}
         for method in methods:
             row["methods"][method.name] = _figures(runs[prompt["id"], method.name])
         base = row["methods"]["target"]["seconds"]
@@ -126,7 +127,7 @@ def summarize(prompts: list[dict], methods: list, runs: dict) -> dict:
         per_prompt.append(row)
     aggregate = {}
     for method in methods:
-        groups = {"all": [r for r in per_prompt]}
+        groups = {"all": list(per_prompt)}
         for row in per_prompt:
             groups.setdefault(row["domain"], []).append(row)
         totals = {key: _total(rows, method.name) for key, rows in groups.items()}
@@ -171,7 +172,7 @@ def _total(rows: list, name: str) -> dict:
         "prompts": len(rows),
         "new_tokens": tokens,
         "tokens_per_s": round(tokens / seconds, 3),
-        "speedup": round((tokens / seconds) / (sum(f["new_tokens"] for f in base) / sum(f["seconds"] for f in base)), 3),
+        "speedup": round((tokens / seconds) / _tokens_per_s(base), 3),
         "tau": round(tokens / sum(f["forwards"] for f in mine), 3),
     }
     if all("checked" in f for f in mine):
@@ -185,6 +186,10 @@ def _total(rows: list, name: str) -> dict:
         if values:
             total[key] = max(values)
     return total
+
+
+def _tokens_per_s(figures: list) -> float:
+    return sum(f["new_tokens"] for f in figures) / sum(f["seconds"] for f in figures)
 
 
 class _ForwardCounter:

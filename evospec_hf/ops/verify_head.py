@@ -3,7 +3,7 @@
 Verifying k drafts needs the target's full-vocabulary logits at k + 1 positions: `F.linear(H, W)` with H of shape
 `(k + 1, d)` and W of shape `(V, d)`. On CPU (torch 2.13, oneDNN/MKL) that call takes a general matrix-matrix path
 that is several times slower than plain greedy's one-row call, while `W @ H.T` streams W once, as the one-row call
-does. Measured on 2 cores, V = 262,144, d = 640 (`python scripts/bench_verify_head.py`): see the README.
+does. Measured on 2 cores, V = 262,144, d = 640, by `python scripts/bench_lm_head.py`: see the README.
 
 Both orders give the same values up to float rounding (about 1e-6 here), like `F.linear` over k + 1 rows against
 one row at a time: the greedy-equivalence tests run through this path.

@@ -1,0 +1,59 @@
+"""Where a verification round's time goes: the target's forward over k + 1 positions, body and LM head apart.
+
+    python scripts/profile_verification.py --target gemma-3-270m
+
+For k + 1 = 1 (plain greedy's step) to 5 positions after a 150-token context, it times the target's decoder body
+alone, and the whole forward with the LM head as transformers runs it (`F.linear`) and as evospec_hf runs it
+during verification (`W @ H.T`, `EvoSpecConfig.fast_verify_head`). Medians of 7 runs, each on a fresh copy of the
+context's KV cache.
+"""
+
+import argparse
+import contextlib
+import copy
+import statistics
+import time
+
+import torch
+
+import evospec_hf
+from evospec_hf.ops.verify_head import columns_verify_head
+
+
+@torch.no_grad()
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--target", default="gemma-3-270m")
+    parser.add_argument("--context", type=int, default=150)
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+
+    target, _ = evospec_hf.load_target(args.target)
+    ids = torch.randint(100, 5000, (1, args.context + 5), generator=torch.Generator().manual_seed(0))
+    cache = target(input_ids=ids[:, : args.context], use_cache=True).past_key_values
+
+    def median_ms(call) -> float:
+        times = []
+        for _ in range(args.repeats):
+            fresh = copy.deepcopy(cache)
+            start = time.perf_counter()
+            call(fresh)
+            times.append(time.perf_counter() - start)
+        return statistics.median(times) * 1e3
+
+    print(f"{args.target}, context {args.context}, {torch.get_num_threads()} threads")
+    print("| positions | body ms | forward, F.linear head ms | forward, W @ H.T head ms |\n|---:|---:|---:|---:|")
+    for positions in (1, 2, 3, 5):
+        x = ids[:, args.context : args.context + positions]
+        body = median_ms(lambda c: target.model(input_ids=x, past_key_values=c, use_cache=True))
+        forward = {}
+        for fast in (False, True):
+            with columns_verify_head(target) if fast else contextlib.nullcontext():
+                forward[fast] = median_ms(
+                    lambda c: target(input_ids=x, past_key_values=c, use_cache=True, logits_to_keep=positions)
+                )
+        print(f"| {positions} | {body:.1f} | {forward[False]:.1f} | {forward[True]:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
