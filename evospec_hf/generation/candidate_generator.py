@@ -315,14 +315,11 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
             self.stats.verify_seconds += time.perf_counter() - self._handed_over
         num_matches, num_drafted = int(num_matches), scores.shape[1] - 1
         targets = input_ids[0, input_ids.shape[1] - num_matches - 1 :]
-        ranks = self._draft_ranks(targets)
-        checked = min(targets.shape[0], len(self._steps))
-        self.stats.checked += checked
-        self.stats.in_shortlist += int((ranks[:checked] != OUTSIDE_SHORTLIST).sum())
+        self._count_recall(targets)
         if self.learner is not None:
             learn_start = time.perf_counter()
             self.learner.wait()
-            self.learner.record(input_ids[0], scores, num_matches, ranks)
+            self.learner.record(input_ids[0], scores, num_matches, self._draft_ranks(targets))
             self.stats.learn_seconds += time.perf_counter() - learn_start
         self.stats.rounds += 1
         self.stats.drafted += num_drafted
@@ -333,6 +330,19 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
                 self.num_assistant_tokens = min(self.num_assistant_tokens + 2, self.evospec_config.max_draft_tokens)
             else:
                 self.num_assistant_tokens = max(1, self.num_assistant_tokens - 1)
+
+    def _count_recall(self, targets: torch.LongTensor) -> None:
+        """Counts, at each verified position that had a draft step, whether the target's token was in the shortlist
+        (a membership test over the step's shortlist ids, never over the vocabulary)."""
+        checked = min(targets.shape[0], len(self._steps))
+        inside = 0
+        for (ids, logits), token in zip(self._steps[:checked], targets[:checked]):
+            if ids is None:  # full-width logits: -inf outside the shortlist (sampling path), else the whole vocabulary
+                inside += bool(logits[0, token] > float("-inf"))
+            else:
+                inside += bool((ids == token).any())
+        self.stats.checked += checked
+        self.stats.in_shortlist += inside
 
     def _draft_ranks(self, targets: torch.LongTensor) -> torch.LongTensor:
         """For each verified position, how many tokens the drafter scored above the target's token (0: it drafted
