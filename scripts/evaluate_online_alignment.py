@@ -83,9 +83,8 @@ def run(target, drafter, prompts, config, session, max_new_tokens, learn_calls=N
     return outputs, stats, calls
 
 
-def tokens_per_s(calls: list, skip: int = 0) -> float:
-    """New tokens per second over the calls, leaving out the first `skip`."""
-    calls = calls[skip:]
+def tokens_per_s(calls: list) -> float:
+    """New tokens per second over the calls."""
     return round(sum(c["new_tokens"] for c in calls) / sum(c["seconds"] for c in calls), 2)
 
 

@@ -75,9 +75,8 @@ def build_methods(
         fast_verify_head: `EvoSpecConfig.fast_verify_head` for evospec_hf's methods (False: the target's head runs
             as transformers runs it, as in `hf-assisted` and `prompt-lookup`).
     """
-    methods, seen = [], set()
+    methods, seen, online = [], set(), online or ONLINE_DEFAULTS
     for name in names:
-        online = online or ONLINE_DEFAULTS
         method = _build(name, drafter, adapting_drafter, num_draft_tokens, online, fast_verify_head)
         if method.name in seen:
             raise ValueError(f"method {method.name!r} is listed twice")
