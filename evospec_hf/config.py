@@ -129,6 +129,27 @@ class EvoSpecConfig:
             )
         },
     )
+    lookup_tokens: int = field(
+        default=6,
+        metadata={
+            "help": (
+                "Context lookup (prompt-lookup decoding inside evospec_hf): if > 0, each round first looks for the "
+                "sequence's last tokens earlier in the sequence and, when they occur, drafts up to this many of the "
+                "tokens that followed them instead of running the drafter (evospec_hf/generation/lookup.py). Under "
+                "the 'heuristic' schedule the copied length adapts like the drafter's, starting at and capped by "
+                "this value. 0 disables it. 6 was the fastest of 3/6/10/16 on Gemma-3-270M on a 2-core CPU; where "
+                "verifying more positions is cheap (a GPU), a larger value drafts more per round."
+            )
+        },
+    )
+    lookup_max_ngram: int = field(
+        default=3,
+        metadata={"help": "Context lookup: the longest suffix of the sequence that is matched (longest first)."},
+    )
+    lookup_min_ngram: int = field(
+        default=1,
+        metadata={"help": "Context lookup: the shortest suffix that may produce a draft; shorter matches draft nothing."},
+    )
     head_backend: str = field(
         default="auto",
         metadata={
@@ -143,8 +164,9 @@ class EvoSpecConfig:
         default=True,
         metadata={
             "help": (
-                "On CPU, compute the target's LM head for the k + 1 verified positions as `W @ H.T` instead of "
-                "`F.linear(H, W)`, which torch runs several times slower for a few rows than for one "
+                "On CPU, compute the target's LM head for the k + 1 verified positions by whichever of "
+                "`F.linear(H, W)` and `W @ H.T` is faster for that many rows on this machine: CPU BLAS can run a "
+                "few rows several times slower than one, in either order. Each row count's first calls time both "
                 "(evospec_hf/ops/verify_head.py). Same values up to float rounding. False leaves the target as it is."
             )
         },
@@ -168,12 +190,20 @@ class EvoSpecConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
-        for name in ("context_slots", "semantic_neighbors", "ngram_continuations"):
+        for name in ("context_slots", "semantic_neighbors", "ngram_continuations", "lookup_tokens"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"`{name}` must be a non-negative integer, got {value!r}.")
         if isinstance(self.ngram_order, bool) or not isinstance(self.ngram_order, int) or self.ngram_order < 1:
             raise ValueError(f"`ngram_order` must be a positive integer, got {self.ngram_order!r}.")
+        for name in ("lookup_max_ngram", "lookup_min_ngram"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+        if self.lookup_min_ngram > self.lookup_max_ngram:
+            raise ValueError(
+                f"`lookup_min_ngram` ({self.lookup_min_ngram}) must not exceed `lookup_max_ngram` ({self.lookup_max_ngram})."
+            )
         if "router" in parts and "static" in parts:
             raise ValueError(f"`shortlist`: 'router' combines with 'context' only, got {self.shortlist!r}.")
         if "router" in parts and "context" in parts and self.context_slots >= self.shortlist_size:

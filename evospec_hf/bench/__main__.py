@@ -9,6 +9,7 @@ import sys
 
 import torch
 
+from ..config import EvoSpecConfig
 from .methods import DEFAULT_METHODS, build_methods
 from .prompts import BUILTIN_SETS, builtin_prompts, load_prompts
 from .report import markdown, write_report
@@ -43,6 +44,8 @@ def main(argv=None) -> int:
         "--slow-verify-head", action="store_true",
         help="evospec_hf's methods verify with the target's head as transformers runs it (fast_verify_head=False)",
     )  # fmt: skip
+    parser.add_argument("--lookup-tokens", type=int, default=EvoSpecConfig.lookup_tokens,
+                        help="EvoSpecConfig.lookup_tokens of the +lookup methods (the other methods run without lookup)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default="bench_results")
     args = parser.parse_args(argv)
@@ -65,7 +68,7 @@ def main(argv=None) -> int:
     if any(n.startswith("evospec-online") for n in names):
         adapting = EvoSpecDrafter.from_pretrained(args.drafter, target=target, merge_adapter=False).to(args.device)
     methods = build_methods(names, drafter, adapting, num_draft_tokens=args.num_draft_tokens,
-                            fast_verify_head=not args.slow_verify_head)  # fmt: skip
+                            fast_verify_head=not args.slow_verify_head, lookup_tokens=args.lookup_tokens)  # fmt: skip
 
     if args.prompts:
         prompts = load_prompts(args.prompts, tokenizer, chat_template=args.chat_template)
@@ -79,7 +82,7 @@ def main(argv=None) -> int:
         "target": target_name, "drafter": args.drafter, "methods": [m.name for m in methods],
         "prompts": len(prompts), "prompt_source": args.prompts or f"built-in: {args.sets}",
         "max_new_tokens": args.max_new_tokens, "repeats": args.repeats, "machine": _machine(args.device),
-        "fast_verify_head": not args.slow_verify_head,
+        "fast_verify_head": not args.slow_verify_head, "lookup_tokens": args.lookup_tokens,
     }  # fmt: skip
     try:
         results = run_benchmark(target, prompts, methods, args.max_new_tokens, args.repeats, warmup=not args.no_warmup)

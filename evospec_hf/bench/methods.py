@@ -14,7 +14,9 @@ Names (`--methods`):
 - `evospec-<N>k`: router, context tokens and the retrieval indexes (`shortlist="evospec"`).
 - `evospec-online-<N>k`: evospec with a fresh `EvoSpecSession` per generation that learns online.
 
-The size suffix is optional (16k by default): `fr-spec` is `fr-spec-16k`.
+The size suffix is optional (16k by default): `fr-spec` is `fr-spec-16k`. Any evospec_hf method (`full-vocab` and
+the shortlist families) takes a `+lookup` suffix, e.g. `evospec-16k+lookup`: it drafts by context lookup when the
+sequence's last tokens occurred before, and with its drafter otherwise (`EvoSpecConfig.lookup_tokens`).
 """
 
 from __future__ import annotations
@@ -31,11 +33,12 @@ from ..vocab.frequency import VOCABTRIM_NAME
 
 DEFAULT_METHODS = (
     "target", "hf-assisted", "prompt-lookup", "full-vocab", "fr-spec-8k", "fr-spec-16k", "fr-spec-32k",
-    "vocabtrim-16k", "router-16k", "evospec-16k", "evospec-online-16k",
+    "vocabtrim-16k", "router-16k", "evospec-16k", "evospec-online-16k", "fr-spec-16k+lookup", "evospec-16k+lookup",
 )  # fmt: skip
 SHORTLISTS = {  # method family -> EvoSpecConfig.shortlist
     "fr-spec": "static", "vocabtrim": "static", "router": "router", "evospec": "evospec", "evospec-online": "evospec",
 }  # fmt: skip
+LOOKUP_SUFFIX = "+lookup"
 _SIZED = re.compile(r"^(fr-spec|vocabtrim|router|evospec-online|evospec)(?:-(\d+)k)?$")
 
 # the online-alignment setting measured cheapest on this CPU (README, "Online alignment"): last layer, every 8 rounds
@@ -63,6 +66,7 @@ class Method:
 def build_methods(
     names, drafter=None, adapting_drafter=None, num_draft_tokens: int | None = None,
     online: OnlineAlignmentConfig | None = None, fast_verify_head: bool = True,
+    lookup_tokens: int = EvoSpecConfig.lookup_tokens,
 ) -> list[Method]:  # fmt: skip
     """The methods called `names`.
 
@@ -74,10 +78,11 @@ def build_methods(
         online: the online alignment of `evospec-online` (default `ONLINE_DEFAULTS`).
         fast_verify_head: `EvoSpecConfig.fast_verify_head` for evospec_hf's methods (False: the target's head runs
             as transformers runs it, as in `hf-assisted` and `prompt-lookup`).
+        lookup_tokens: `EvoSpecConfig.lookup_tokens` of the `+lookup` methods.
     """
     methods, seen, online = [], set(), online or ONLINE_DEFAULTS
     for name in names:
-        method = _build(name, drafter, adapting_drafter, num_draft_tokens, online, fast_verify_head)
+        method = _build(name, drafter, adapting_drafter, num_draft_tokens, online, fast_verify_head, lookup_tokens)
         if method.name in seen:
             raise ValueError(f"method {method.name!r} is listed twice")
         seen.add(method.name)
@@ -85,7 +90,20 @@ def build_methods(
     return methods
 
 
-def _build(name, drafter, adapting_drafter, num_draft_tokens, online, fast_verify_head) -> Method:
+def _build(name, drafter, adapting_drafter, num_draft_tokens, online, fast_verify_head, lookup_tokens) -> Method:
+    base, lookup = name.removesuffix(LOOKUP_SUFFIX), name.endswith(LOOKUP_SUFFIX)
+    if lookup and base in ("target", "prompt-lookup", "hf-assisted"):
+        raise ValueError(f"{LOOKUP_SUFFIX!r} applies to evospec_hf's methods only, not to {base!r}")
+    if lookup and lookup_tokens <= 0:
+        raise ValueError(f"method {name!r} needs lookup_tokens > 0, got {lookup_tokens}")
+    method = _build_base(base, drafter, adapting_drafter, num_draft_tokens, online, fast_verify_head,
+                         lookup_tokens if lookup else 0)  # fmt: skip
+    if lookup:
+        method.name += LOOKUP_SUFFIX
+    return method
+
+
+def _build_base(name, drafter, adapting_drafter, num_draft_tokens, online, fast_verify_head, lookup_tokens) -> Method:
     if name == "target":
         return Method(name, dict)
     if name == "prompt-lookup":
@@ -94,7 +112,7 @@ def _build(name, drafter, adapting_drafter, num_draft_tokens, online, fast_verif
         raise ValueError(f"method {name!r} needs a drafter")
     if name == "hf-assisted":
         return Method(name, lambda: {"assistant_model": drafter})
-    draft = {"fast_verify_head": fast_verify_head}
+    draft = {"fast_verify_head": fast_verify_head, "lookup_tokens": lookup_tokens}
     if num_draft_tokens is not None:
         draft["num_draft_tokens"] = num_draft_tokens
     if name == "full-vocab":

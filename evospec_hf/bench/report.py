@@ -39,11 +39,12 @@ def markdown(results: dict, meta: dict) -> str:
     lines += [
         "",
         "All prompts: tau is tokens per target forward (accepted drafts + 1); 'vs full' compares evospec_hf's "
-        "drafting methods with the same drafter over the full vocabulary (`full-vocab`); shares are of the wall time.",
+        "drafting methods with the same drafter over the full vocabulary (`full-vocab`); 'lookup rounds' is the share "
+        "of rounds drafted by context lookup (`+lookup` methods); other shares are of the wall time.",
         "",
-        "| method | tau | tau vs full | shortlist recall | head ms/step | head vs full | draft | verify | learn | "
-        "peak RSS MB | added MB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| method | tau | tau vs full | shortlist recall | head ms/step | head vs full | lookup rounds | draft | verify "
+        "| learn | peak RSS MB | added MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, row in aggregate.items():
         a = row["all"]
@@ -53,6 +54,7 @@ def markdown(results: dict, meta: dict) -> str:
             _percent(a.get("shortlist_recall")),
             _number(a.get("head_ms_per_step")),
             _ratio(a.get("head_ms_per_step"), full.get("head_ms_per_step")),
+            _percent(a.get("lookup_share")),
             _percent(a.get("draft_share")),
             _percent(a.get("verify_share")),
             _percent(a.get("learn_share")),

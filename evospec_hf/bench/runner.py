@@ -112,7 +112,8 @@ def summarize(prompts: list[dict], methods: list, runs: dict) -> dict:
     Figures: `tokens_per_s` (new tokens over the median wall time), `speedup` (over `target` on the same prompts),
     `tau` (tokens per target forward: mean accepted length counting the target's own token; 1.0 for plain greedy),
     and for evospec_hf's methods `shortlist_recall`, `head_ms_per_step`, and the shares of the wall time spent
-    drafting, verifying and learning. `peak_rss_mb`: the process's peak resident memory during the generation
+    drafting, verifying and learning, and `lookup_share`, the rounds whose drafts were copied from the context
+    (`+lookup` methods). `peak_rss_mb`: the process's peak resident memory during the generation
     (`peak_cuda_mb` on GPU); `added_rss_mb`: how far above its resident memory when the generation started.
     """
     per_prompt = []
@@ -159,6 +160,7 @@ def _figures(runs: list) -> dict:
             draft_seconds=middle.draft_seconds, verify_seconds=middle.verify_seconds, learn_seconds=middle.learn_seconds,
             draft_share=round(middle.draft_seconds / total, 3), verify_share=round(middle.verify_seconds / total, 3),
             learn_share=round(middle.learn_seconds / total, 3), accepted_per_round=first["stats"].accepted_per_round,
+            rounds=middle.rounds, lookup_rounds=middle.lookup_rounds,
         )  # fmt: skip
     return figures
 
@@ -179,6 +181,8 @@ def _total(rows: list, name: str) -> dict:
         checked, steps = sum(f["checked"] for f in mine), sum(f["head_steps"] for f in mine)
         total["shortlist_recall"] = round(sum(f["in_shortlist"] for f in mine) / checked, 4) if checked else None
         total["head_ms_per_step"] = round(1e3 * sum(f["head_seconds"] for f in mine) / steps, 3) if steps else None
+        rounds = sum(f["rounds"] for f in mine)
+        total["lookup_share"] = round(sum(f["lookup_rounds"] for f in mine) / rounds, 3) if rounds else None
         for part in ("draft", "verify", "learn"):
             total[f"{part}_share"] = round(sum(f[f"{part}_seconds"] for f in mine) / seconds, 3)
     for key in ("peak_rss_mb", "added_rss_mb", "peak_cuda_mb"):

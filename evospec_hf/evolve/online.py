@@ -274,7 +274,9 @@ class OnlineAligner:
                 return
             value = loss.item()
             average = self.state.loss_average
-            if not torch.isfinite(loss):
+            if not torch.isfinite(loss) or not self._weights_finite():
+                # (a finite loss does not prove finite weights: a parameter the loss does not reach stays NaN, and
+                # snapshotting it as "last good" would make every later rollback restore the NaN)
                 self._rollback()
                 return
             if average is not None and value > self.config.max_loss_ratio * average:
@@ -290,7 +292,7 @@ class OnlineAligner:
             loss.backward()
             self.state.optimizer.step()
             self.state.scheduler.step()
-        if not all(torch.isfinite(p).all() for p in self.params.values()):
+        if not self._weights_finite():
             self._rollback()
             return
         self.state.loss_average = value if average is None else 0.9 * average + 0.1 * value
@@ -338,6 +340,9 @@ class OnlineAligner:
             hidden, self.head_weight, self.head_bias, torch.cat(teacher_ids), torch.cat(teacher_logits), weights,
             negatives=negatives.to(self.head_weight.device) if negatives is not None else None, softcap=self.softcap,
         )  # fmt: skip
+
+    def _weights_finite(self) -> bool:
+        return all(bool(torch.isfinite(p).all()) for p in self.params.values())
 
     def _snapshot(self) -> None:
         for name, p in self.params.items():

@@ -25,6 +25,7 @@ from ..vocab import build_shortlist, resolve_static_table
 from ..vocab.indexes import context_retrieval
 from ..vocab.router import load_routed_head
 from ..vocab.shortlist import expand_to_vocab
+from .lookup import ContextLookup
 
 
 @dataclass
@@ -43,6 +44,8 @@ class DraftStats:
         verify_seconds: wall time from the drafts' hand-over to the verification feedback (the target's forward and
             transformers' acceptance step).
         learn_seconds: wall time online alignment kept the generating thread busy (updates, and waiting on them).
+        lookup_rounds, lookup_drafted, lookup_accepted: the rounds whose drafts were copied from the context
+            (`EvoSpecConfig.lookup_tokens`), and their drafted and accepted tokens (also counted in the totals).
         On CUDA these are host times: kernels still running are not waited for.
     """
 
@@ -57,6 +60,9 @@ class DraftStats:
     head_steps: int = 0
     verify_seconds: float = 0.0
     learn_seconds: float = 0.0
+    lookup_rounds: int = 0
+    lookup_drafted: int = 0
+    lookup_accepted: int = 0
 
     @property
     def mean_accepted_length(self) -> float:
@@ -167,6 +173,12 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
         if session is not None and evospec_config.uses_retrieval:
             ngram = session.statistical_index(evospec_config.ngram_order)
         self.retrieval = context_retrieval(evospec_config, assistant_model, head, ngram)
+        # context lookup: drafts copied from the sequence when its last tokens occurred before (None: disabled)
+        self.lookup = None
+        if evospec_config.lookup_tokens > 0:
+            self.lookup = ContextLookup(evospec_config.lookup_max_ngram, evospec_config.lookup_min_ngram)
+        self.lookup_round = False  # whether the last candidates came from the lookup
+        self.lookup_length = evospec_config.lookup_tokens  # tokens the next lookup round may copy
 
         self.session = session
         # online alignment (evospec_hf.evolve): None without a session, or with a session that does not learn
@@ -228,15 +240,37 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
         input_ids = input_ids.to(self.device)
         self._steps = []  # no stale ranks if this round drafts nothing
         cur_len = input_ids.shape[1]
-        num_drafts = min(int(self.num_assistant_tokens), self.main_model_max_length - cur_len - 1)
+        room = self.main_model_max_length - cur_len - 1
+        num_drafts = min(int(self.num_assistant_tokens), room)
         if num_drafts <= 0:
             self._handed_over = None
             return input_ids, None
+        copied = []
+        if self.lookup is not None:
+            self.lookup.extend(input_ids[0])
+            copied = self.lookup.propose(min(self.lookup_length, room))
+        self.lookup_round = bool(copied)
+        if copied:  # context lookup found a continuation: no drafter step this round
+            sequence = torch.cat([input_ids, input_ids.new_tensor(copied)[None, :]], dim=-1)
+            candidate_logits = None  # transformers then checks each draft against the target's own choice
+            self.stats.lookup_rounds += 1
+        else:
+            sequence, candidate_logits = self._draft(input_ids, num_drafts)
+        self.stats.draft_seconds += time.perf_counter() - start
+        if self.learner is not None:
+            learn_start = time.perf_counter()
+            self.learner.start()  # a due update runs now, or in the background while the target verifies
+            self.stats.learn_seconds += time.perf_counter() - learn_start
+        self._handed_over = time.perf_counter()
+        return sequence, candidate_logits
+
+    def _draft(self, input_ids: torch.LongTensor, num_drafts: int) -> tuple[torch.LongTensor, torch.Tensor]:
+        """Runs the drafter for `num_drafts` tokens (fewer with `confidence_threshold`) over the shortlist."""
         if self.observes_context:
             if self.retrieval is not None:  # retrieved first: the real context tokens stay the most recently seen
                 self.shortlist.observe(self.retrieval.retrieve(input_ids[0], self.num_observed))
             self.shortlist.observe(input_ids[0, self.num_observed :])
-            self.num_observed = cur_len
+            self.num_observed = input_ids.shape[1]
 
         feed = self._rewind_cache(input_ids)
         sequence = input_ids
@@ -264,15 +298,8 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
             if threshold is not None and logits.softmax(dim=-1)[0, choice[0]] < threshold:
                 break
         self._steps = steps
-        candidate_logits = self._candidate_logits(steps)
         self.stats.head_steps += len(steps)
-        self.stats.draft_seconds += time.perf_counter() - start
-        if self.learner is not None:
-            learn_start = time.perf_counter()
-            self.learner.start()  # a due update runs now, or in the background while the target verifies
-            self.stats.learn_seconds += time.perf_counter() - learn_start
-        self._handed_over = time.perf_counter()
-        return sequence, candidate_logits
+        return sequence, self._candidate_logits(steps)
 
     def _candidate_logits(self, steps) -> torch.Tensor:
         """`(1, num_steps, vocab_size)` from per-step (ids, logits): one -inf fill per round, not per token."""
@@ -325,11 +352,19 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
         self.stats.drafted += num_drafted
         self.stats.accepted += num_matches
         self.stats.accepted_per_round.append(num_matches)
+        if self.lookup_round:
+            self.stats.lookup_drafted += num_drafted
+            self.stats.lookup_accepted += num_matches
         if self.evospec_config.draft_schedule == "heuristic":
-            if num_matches == num_drafted:
-                self.num_assistant_tokens = min(self.num_assistant_tokens + 2, self.evospec_config.max_draft_tokens)
+            # the lookup's length and the drafter's adapt apart: each to its own rounds
+            if self.lookup_round:
+                self.lookup_length = _next_length(
+                    self.lookup_length, num_matches, num_drafted, self.evospec_config.lookup_tokens
+                )
             else:
-                self.num_assistant_tokens = max(1, self.num_assistant_tokens - 1)
+                self.num_assistant_tokens = _next_length(
+                    self.num_assistant_tokens, num_matches, num_drafted, self.evospec_config.max_draft_tokens
+                )
 
     def _count_recall(self, targets: torch.LongTensor) -> None:
         """Counts, at each verified position that had a draft step, whether the target's token was in the shortlist
@@ -367,6 +402,11 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
         """Called once the `generate` call is over: hands the session's adapter back (finishing any update)."""
         if self.session is not None:
             self.session.detach()
+
+
+def _next_length(length: int, num_matches: int, num_drafted: int, upper: int) -> int:
+    """The 'heuristic' draft schedule (transformers' own): +2 after a round whose drafts were all accepted, else -1."""
+    return min(length + 2, upper) if num_matches == num_drafted else max(1, length - 1)
 
 
 def _check_drafter_head(drafter, generator: EvoSpecCandidateGenerator) -> None:

@@ -62,8 +62,12 @@ def test_builtin_sets_come_from_held_out_text():
 
 def test_method_names():
     drafter = tiny_llama(seed=1)
-    names = [m.name for m in build_methods(["target", "fr-spec", "router-8k", "evospec-32k"], drafter)]
-    assert names == ["target", "fr-spec-16k", "router-8k", "evospec-32k"]
+    methods = build_methods(["target", "fr-spec", "router-8k", "evospec-32k", "evospec+lookup"], drafter, lookup_tokens=7)
+    assert [m.name for m in methods] == ["target", "fr-spec-16k", "router-8k", "evospec-32k", "evospec-16k+lookup"]
+    assert methods[3].generate_kwargs()["evospec_config"].lookup_tokens == 0
+    assert methods[4].generate_kwargs()["evospec_config"].lookup_tokens == 7
+    with pytest.raises(ValueError, match="evospec_hf's methods only"):
+        build_methods(["prompt-lookup+lookup"], drafter)
     with pytest.raises(ValueError, match="unknown method"):
         build_methods(["medusa"], drafter)
     with pytest.raises(ValueError, match="twice"):
@@ -83,7 +87,7 @@ def test_every_method_matches_greedy_and_is_measured(make, static_table_path):
     drafter = noisy_copy(target, seed=5)
     static = EvoSpecConfig(shortlist="static+context", shortlist_size=48, context_slots=16,
                            static_shortlist_path=static_table_path)  # fmt: skip
-    methods = build_methods(["target", "hf-assisted", "prompt-lookup", "full-vocab"], drafter) + [
+    methods = build_methods(["target", "hf-assisted", "prompt-lookup", "full-vocab", "full-vocab+lookup"], drafter) + [
         Method("static", lambda: {"assistant_model": drafter, "evospec_config": static}, drafts=True)
     ]
     prompts = [prompt("p0", "code", [1, 5, 9, 5, 9, 5]), prompt("p1", "law", [1, 7, 3, 12])]
@@ -100,6 +104,7 @@ def test_every_method_matches_greedy_and_is_measured(make, static_table_path):
     assert first["static"]["head_steps"] > 0 and first["static"]["head_ms_per_step"] > 0
     assert 0 < first["static"]["draft_share"] < 1 and 0 < first["static"]["verify_share"] < 1
     assert "shortlist_recall" not in first["hf-assisted"]  # transformers' own generator reports no DraftStats
+    assert first["full-vocab"]["lookup_rounds"] == 0 and first["full-vocab+lookup"]["lookup_rounds"] > 0  # p0 repeats
     aggregate = results["aggregate"]
     assert set(aggregate["static"]["by_domain"]) == {"code", "law"}
     assert aggregate["target"]["all"]["speedup"] == 1.0

@@ -86,7 +86,7 @@ def test_heuristic_schedule_moves_draft_length(captured):
 def test_confidence_threshold_stops_rounds_early(captured):
     target = tiny_llama(seed=0)
     unrelated = tiny_llama(seed=5, layers=1)  # a random drafter is never confident
-    config = EvoSpecConfig(num_draft_tokens=6, draft_schedule="constant", confidence_threshold=0.5)
+    config = EvoSpecConfig(num_draft_tokens=6, draft_schedule="constant", confidence_threshold=0.5, lookup_tokens=0)
     target.generate(torch.tensor([[4, 5, 6]]), max_new_tokens=10, do_sample=False, assistant_model=unrelated, evospec_config=config)
     lengths = [ids.shape[1] - n for _, ids, _, n, _ in captured]
     assert lengths[:-1] == [1] * (len(lengths) - 1) and lengths[-1] in (0, 1)  # the last round may have no room

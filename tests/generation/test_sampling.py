@@ -7,6 +7,8 @@ catch the failures that matter: samples from the drafter, and from the target re
 uncorrected shortlist would produce).
 """
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -95,16 +97,19 @@ def setup(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_sampling_keeps_the_target_distribution(setup):
+@pytest.mark.parametrize("lookup_tokens", [0, 2], ids=["drafter", "with-context-lookup"])
+def test_sampling_keeps_the_target_distribution(setup, lookup_tokens):
     target, drafter, config = setup
+    config = dataclasses.replace(config, lookup_tokens=lookup_tokens)
     exact = two_token_distribution(target)
     stats = DraftStats()
 
     def evospec_samples(n):
         torch.manual_seed(1234)
         for _ in range(n):
+            # a third token leaves room for a second round, where the lookup can copy from the prompt
             out = target.generate(
-                PROMPT, max_new_tokens=2, do_sample=True, temperature=TEMPERATURE, top_k=None,
+                PROMPT, max_new_tokens=3, do_sample=True, temperature=TEMPERATURE, top_k=None,
                 assistant_model=drafter, evospec_config=config, evospec_stats=stats,
             )  # fmt: skip
             yield outcomes_of(out)[0]
@@ -113,6 +118,8 @@ def test_sampling_keeps_the_target_distribution(setup):
     assert p_value > 1e-3, p_value
     # both branches of speculative sampling ran: accepted drafts and rejections resampled from the residual
     assert 0 < stats.accepted < stats.drafted
+    if lookup_tokens:  # rounds whose drafts were copied from the context (transformers' token-matching branch)
+        assert 0 < stats.lookup_rounds < stats.rounds, stats
 
 
 @pytest.mark.parametrize("control", ["drafter", "uncorrected-shortlist"])
