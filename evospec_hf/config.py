@@ -14,7 +14,7 @@ SHORTLIST_SOURCES = ("static", "context", "router")
 # "evospec": router clusters + context tokens + the retrieval indexes (evospec_hf/vocab/indexes.py); not combinable.
 SHORTLIST_MODES = ("full",) + SHORTLIST_SOURCES + ("evospec",)
 HEAD_BACKENDS = ("auto", "torch", "triton")
-DRAFT_SCHEDULES = ("constant", "heuristic")
+DRAFT_SCHEDULES = ("constant", "heuristic", "cost")
 
 
 @dataclass
@@ -105,20 +105,27 @@ class EvoSpecConfig:
         },
     )
     num_draft_tokens: int = field(
-        default=6, metadata={"help": "Tokens drafted per round (the starting value under the 'heuristic' schedule)."}
+        default=6,
+        metadata={"help": "Tokens drafted per round (the starting value under the 'heuristic' and 'cost' schedules)."},
     )
     draft_schedule: str = field(
-        default="heuristic",
+        default="cost",
         metadata={
             "help": (
                 "'constant': always draft `num_draft_tokens`. 'heuristic' (as transformers' assisted decoding): "
                 "+2 after a round where every draft was accepted, -1 otherwise, never below 1 nor above "
-                "`max_draft_tokens`; reset at every `generate` call."
+                "`max_draft_tokens`; reset at every `generate` call. 'cost': each round's length (up to "
+                "`max_draft_tokens`, or `lookup_tokens` for copied drafts) maximises the expected tokens per "
+                "second, from the acceptance measured in this call and the target's verification time per length "
+                "measured on this machine (evospec_hf/generation/schedule.py). Its lengths depend on timings, so "
+                "with `do_sample=True` a seeded run is reproducible only under 'heuristic' or 'constant' (every "
+                "schedule keeps the target's distribution)."
             )
         },
     )
     max_draft_tokens: int = field(
-        default=16, metadata={"help": "Upper bound on the tokens drafted per round under the 'heuristic' schedule."}
+        default=16,
+        metadata={"help": "Upper bound on the tokens the drafter drafts per round under 'heuristic' and 'cost'."},
     )
     confidence_threshold: float | None = field(
         default=None,
@@ -130,15 +137,15 @@ class EvoSpecConfig:
         },
     )
     lookup_tokens: int = field(
-        default=6,
+        default=10,
         metadata={
             "help": (
                 "Context lookup (prompt-lookup decoding inside evospec_hf): if > 0, each round first looks for the "
                 "sequence's last tokens earlier in the sequence and, when they occur, drafts up to this many of the "
                 "tokens that followed them instead of running the drafter (evospec_hf/generation/lookup.py). Under "
-                "the 'heuristic' schedule the copied length adapts like the drafter's, starting at and capped by "
-                "this value. 0 disables it. 6 was the fastest of 3/6/10/16 on Gemma-3-270M on a 2-core CPU; where "
-                "verifying more positions is cheap (a GPU), a larger value drafts more per round."
+                "the 'cost' and 'heuristic' schedules this is the longest copy, and the length adapts apart from "
+                "the drafter's; under 'constant' every copy is this long (or shorter where the text ends). 0 "
+                "disables it."
             )
         },
     )

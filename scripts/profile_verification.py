@@ -2,10 +2,10 @@
 
     python scripts/profile_verification.py --target gemma-3-270m
 
-For k + 1 = 1 (plain greedy's step) to 5 positions after a 150-token context, it times the target's decoder body
-alone, and the whole forward with the LM head as transformers runs it (`F.linear`) and as evospec_hf runs it
-during verification (`W @ H.T`, `EvoSpecConfig.fast_verify_head`). Medians of 7 runs, each on a fresh copy of the
-context's KV cache.
+For k + 1 = 1 (plain greedy's step) to 11 positions after a 150-token context, it times the target's decoder body
+alone, and the whole forward with the LM head as `F.linear` (as transformers runs it) and as `W @ H.T`. During
+verification evospec_hf runs whichever of the two is faster for that many rows (`VerifyHead`,
+`EvoSpecConfig.fast_verify_head`). Medians of 7 runs, each on a fresh copy of the context's KV cache.
 """
 
 import argparse
@@ -17,7 +17,7 @@ import time
 import torch
 
 import evospec_hf
-from evospec_hf.ops.verify_head import columns_verify_head
+from evospec_hf.ops.verify_head import columns_linear
 
 
 @torch.no_grad()
@@ -29,7 +29,7 @@ def main():
     args = parser.parse_args()
 
     target, _ = evospec_hf.load_target(args.target)
-    ids = torch.randint(100, 5000, (1, args.context + 5), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(100, 5000, (1, args.context + 11), generator=torch.Generator().manual_seed(0))
     cache = target(input_ids=ids[:, : args.context], use_cache=True).past_key_values
 
     def median_ms(call) -> float:
@@ -43,16 +43,26 @@ def main():
 
     print(f"{args.target}, context {args.context}, {torch.get_num_threads()} threads")
     print("| positions | body ms | forward, F.linear head ms | forward, W @ H.T head ms |\n|---:|---:|---:|---:|")
-    for positions in (1, 2, 3, 5):
+    head = target.get_output_embeddings()
+    for positions in (1, 2, 3, 4, 5, 7, 11):
         x = ids[:, args.context : args.context + positions]
         body = median_ms(lambda c: target.model(input_ids=x, past_key_values=c, use_cache=True))
         forward = {}
         for fast in (False, True):
-            with columns_verify_head(target) if fast else contextlib.nullcontext():
+            with _head_forward(head, columns_linear) if fast else contextlib.nullcontext():
                 forward[fast] = median_ms(
                     lambda c: target(input_ids=x, past_key_values=c, use_cache=True, logits_to_keep=positions)
                 )
         print(f"| {positions} | {body:.1f} | {forward[False]:.1f} | {forward[True]:.1f} |", flush=True)
+
+
+@contextlib.contextmanager
+def _head_forward(head, linear):
+    head.forward = lambda x: linear(x, head.weight, head.bias)
+    try:
+        yield
+    finally:
+        del head.forward
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import sys
 
 import torch
 
-from ..config import EvoSpecConfig
+from ..config import DRAFT_SCHEDULES, EvoSpecConfig
 from .methods import DEFAULT_METHODS, build_methods
 from .prompts import BUILTIN_SETS, builtin_prompts, load_prompts
 from .report import markdown, write_report
@@ -46,6 +46,8 @@ def main(argv=None) -> int:
     )  # fmt: skip
     parser.add_argument("--lookup-tokens", type=int, default=EvoSpecConfig.lookup_tokens,
                         help="EvoSpecConfig.lookup_tokens of the +lookup methods (the other methods run without lookup)")
+    parser.add_argument("--draft-schedule", default=EvoSpecConfig.draft_schedule, choices=DRAFT_SCHEDULES,
+                        help="EvoSpecConfig.draft_schedule of evospec_hf's methods")  # fmt: skip
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default="bench_results")
     args = parser.parse_args(argv)
@@ -68,7 +70,8 @@ def main(argv=None) -> int:
     if any(n.startswith("evospec-online") for n in names):
         adapting = EvoSpecDrafter.from_pretrained(args.drafter, target=target, merge_adapter=False).to(args.device)
     methods = build_methods(names, drafter, adapting, num_draft_tokens=args.num_draft_tokens,
-                            fast_verify_head=not args.slow_verify_head, lookup_tokens=args.lookup_tokens)  # fmt: skip
+                            fast_verify_head=not args.slow_verify_head, lookup_tokens=args.lookup_tokens,
+                            draft_schedule=args.draft_schedule)  # fmt: skip
 
     if args.prompts:
         prompts = load_prompts(args.prompts, tokenizer, chat_template=args.chat_template)
@@ -83,6 +86,7 @@ def main(argv=None) -> int:
         "prompts": len(prompts), "prompt_source": args.prompts or f"built-in: {args.sets}",
         "max_new_tokens": args.max_new_tokens, "repeats": args.repeats, "machine": _machine(args.device),
         "fast_verify_head": not args.slow_verify_head, "lookup_tokens": args.lookup_tokens,
+        "draft_schedule": args.draft_schedule,
     }  # fmt: skip
     try:
         results = run_benchmark(target, prompts, methods, args.max_new_tokens, args.repeats, warmup=not args.no_warmup)

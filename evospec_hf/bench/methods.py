@@ -16,7 +16,8 @@ Names (`--methods`):
 
 The size suffix is optional (16k by default): `fr-spec` is `fr-spec-16k`. Any evospec_hf method (`full-vocab` and
 the shortlist families) takes a `+lookup` suffix, e.g. `evospec-16k+lookup`: it drafts by context lookup when the
-sequence's last tokens occurred before, and with its drafter otherwise (`EvoSpecConfig.lookup_tokens`).
+sequence's last tokens occurred before, and with its drafter otherwise (`EvoSpecConfig.lookup_tokens`). Every
+evospec_hf method runs `EvoSpecConfig`'s default draft schedule unless `draft_schedule` says otherwise.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ class Method:
 def build_methods(
     names, drafter=None, adapting_drafter=None, num_draft_tokens: int | None = None,
     online: OnlineAlignmentConfig | None = None, fast_verify_head: bool = True,
-    lookup_tokens: int = EvoSpecConfig.lookup_tokens,
+    lookup_tokens: int = EvoSpecConfig.lookup_tokens, draft_schedule: str = EvoSpecConfig.draft_schedule,
 ) -> list[Method]:  # fmt: skip
     """The methods called `names`.
 
@@ -78,11 +79,15 @@ def build_methods(
         online: the online alignment of `evospec-online` (default `ONLINE_DEFAULTS`).
         fast_verify_head: `EvoSpecConfig.fast_verify_head` for evospec_hf's methods (False: the target's head runs
             as transformers runs it, as in `hf-assisted` and `prompt-lookup`).
-        lookup_tokens: `EvoSpecConfig.lookup_tokens` of the `+lookup` methods.
+        lookup_tokens: `EvoSpecConfig.lookup_tokens` of the `+lookup` methods (the others run without lookup).
+        draft_schedule: `EvoSpecConfig.draft_schedule` of evospec_hf's methods.
     """
     methods, seen, online = [], set(), online or ONLINE_DEFAULTS
     for name in names:
-        method = _build(name, drafter, adapting_drafter, num_draft_tokens, online, fast_verify_head, lookup_tokens)
+        options = {"fast_verify_head": fast_verify_head, "draft_schedule": draft_schedule}
+        if num_draft_tokens is not None:
+            options["num_draft_tokens"] = num_draft_tokens
+        method = _build(name, drafter, adapting_drafter, options, online, lookup_tokens)
         if method.name in seen:
             raise ValueError(f"method {method.name!r} is listed twice")
         seen.add(method.name)
@@ -90,20 +95,21 @@ def build_methods(
     return methods
 
 
-def _build(name, drafter, adapting_drafter, num_draft_tokens, online, fast_verify_head, lookup_tokens) -> Method:
+def _build(name, drafter, adapting_drafter, options, online, lookup_tokens) -> Method:
     base, lookup = name.removesuffix(LOOKUP_SUFFIX), name.endswith(LOOKUP_SUFFIX)
     if lookup and base in ("target", "prompt-lookup", "hf-assisted"):
         raise ValueError(f"{LOOKUP_SUFFIX!r} applies to evospec_hf's methods only, not to {base!r}")
     if lookup and lookup_tokens <= 0:
         raise ValueError(f"method {name!r} needs lookup_tokens > 0, got {lookup_tokens}")
-    method = _build_base(base, drafter, adapting_drafter, num_draft_tokens, online, fast_verify_head,
-                         lookup_tokens if lookup else 0)  # fmt: skip
+    options = {**options, "lookup_tokens": lookup_tokens if lookup else 0}
+    method = _build_base(base, drafter, adapting_drafter, options, online)
     if lookup:
         method.name += LOOKUP_SUFFIX
     return method
 
 
-def _build_base(name, drafter, adapting_drafter, num_draft_tokens, online, fast_verify_head, lookup_tokens) -> Method:
+def _build_base(name, drafter, adapting_drafter, draft, online) -> Method:
+    """`draft`: the `EvoSpecConfig` fields every evospec_hf method gets (head, schedule, lookup)."""
     if name == "target":
         return Method(name, dict)
     if name == "prompt-lookup":
@@ -112,9 +118,6 @@ def _build_base(name, drafter, adapting_drafter, num_draft_tokens, online, fast_
         raise ValueError(f"method {name!r} needs a drafter")
     if name == "hf-assisted":
         return Method(name, lambda: {"assistant_model": drafter})
-    draft = {"fast_verify_head": fast_verify_head, "lookup_tokens": lookup_tokens}
-    if num_draft_tokens is not None:
-        draft["num_draft_tokens"] = num_draft_tokens
     if name == "full-vocab":
         config = EvoSpecConfig(shortlist="full", **draft)
         return Method(name, lambda: {"assistant_model": drafter, "evospec_config": config}, drafts=True)

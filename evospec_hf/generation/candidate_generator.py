@@ -26,6 +26,7 @@ from ..vocab.indexes import context_retrieval
 from ..vocab.router import load_routed_head
 from ..vocab.shortlist import expand_to_vocab
 from .lookup import ContextLookup
+from .schedule import CostAwareLength
 
 
 @dataclass
@@ -98,6 +99,8 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
         stats (`DraftStats`, *optional*): filled in as rounds complete.
         session (`EvoSpecSession`, *optional*): learns from every round's verification (online alignment) and
             keeps the statistical index across calls.
+        verify_seconds (`dict`, *optional*): with `draft_schedule="cost"`, the target's measured verification
+            seconds per draft length, kept across calls (`CostAwareLength`).
     """
 
     def __init__(
@@ -112,6 +115,7 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
         logits_processor: LogitsProcessorList | None = None,
         stats: DraftStats | None = None,
         session=None,
+        verify_seconds: dict | None = None,
     ):
         if input_ids.shape[0] != 1:
             raise ValueError(
@@ -179,6 +183,12 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
             self.lookup = ContextLookup(evospec_config.lookup_max_ngram, evospec_config.lookup_min_ngram)
         self.lookup_round = False  # whether the last candidates came from the lookup
         self.lookup_length = evospec_config.lookup_tokens  # tokens the next lookup round may copy
+        # draft_schedule="cost": lengths chosen for tokens per second from measured costs (None otherwise)
+        self.cost = None
+        if evospec_config.draft_schedule == "cost":
+            self.cost = CostAwareLength(verify_seconds)
+        self.max_length = evospec_config.max_draft_tokens
+        self._round_draft_seconds = 0.0
 
         self.session = session
         # online alignment (evospec_hf.evolve): None without a session, or with a session that does not learn
@@ -241,22 +251,28 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
         self._steps = []  # no stale ranks if this round drafts nothing
         cur_len = input_ids.shape[1]
         room = self.main_model_max_length - cur_len - 1
-        num_drafts = min(int(self.num_assistant_tokens), room)
-        if num_drafts <= 0:
-            self._handed_over = None
+        if room <= 0:
+            self._handed_over, self.lookup_round = None, False
             return input_ids, None
         copied = []
         if self.lookup is not None:
             self.lookup.extend(input_ids[0])
             copied = self.lookup.propose(min(self.lookup_length, room))
+            if copied and self.cost is not None:
+                copied = copied[: self.cost.choose("lookup", len(copied))]
         self.lookup_round = bool(copied)
         if copied:  # context lookup found a continuation: no drafter step this round
             sequence = torch.cat([input_ids, input_ids.new_tensor(copied)[None, :]], dim=-1)
             candidate_logits = None  # transformers then checks each draft against the target's own choice
             self.stats.lookup_rounds += 1
         else:
-            sequence, candidate_logits = self._draft(input_ids, num_drafts)
-        self.stats.draft_seconds += time.perf_counter() - start
+            if self.cost is None:
+                length = self.num_assistant_tokens
+            else:
+                length = self.cost.choose("drafter", self.max_length, start=self.num_assistant_tokens)
+            sequence, candidate_logits = self._draft(input_ids, min(int(length), room))
+        self._round_draft_seconds = time.perf_counter() - start
+        self.stats.draft_seconds += self._round_draft_seconds
         if self.learner is not None:
             learn_start = time.perf_counter()
             self.learner.start()  # a due update runs now, or in the background while the target verifies
@@ -338,9 +354,12 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
             scores (`torch.FloatTensor` of shape `(1, candidate_length + 1, vocab_size)`): the target's scores.
             num_matches (`int`): how many drafts the target accepted.
         """
-        if self._handed_over is not None:
-            self.stats.verify_seconds += time.perf_counter() - self._handed_over
+        verify_seconds = 0.0 if self._handed_over is None else time.perf_counter() - self._handed_over
+        self.stats.verify_seconds += verify_seconds
         num_matches, num_drafted = int(num_matches), scores.shape[1] - 1
+        if self.cost is not None and self._handed_over is not None:
+            source = "lookup" if self.lookup_round else "drafter"
+            self.cost.observe(source, num_drafted, num_matches, verify_seconds, self._round_draft_seconds)
         targets = input_ids[0, input_ids.shape[1] - num_matches - 1 :]
         self._count_recall(targets)
         if self.learner is not None:

@@ -93,6 +93,7 @@ def evospec_drafting(model, evospec_config: EvoSpecConfig, stats: DraftStats | N
             logits_processor=logits_processor,
             stats=stats,
             session=session,
+            verify_seconds=_verify_seconds_table(model),
         )
         return drafting.generator
 
@@ -106,6 +107,15 @@ def evospec_drafting(model, evospec_config: EvoSpecConfig, stats: DraftStats | N
             del model._get_candidate_generator
             if drafting.generator is not None:
                 drafting.generator.close()
+
+
+def _verify_seconds_table(model) -> dict:
+    """The target's verification seconds per draft length for `draft_schedule="cost"`: a property of the model, its
+    device and dtype, and the machine, so it is kept on the model across `generate` calls."""
+    head = model.get_output_embeddings()
+    weight = head.weight if head is not None else next(model.parameters())
+    tables = model.__dict__.setdefault("_evospec_verify_seconds", {})
+    return tables.setdefault((str(weight.device), str(weight.dtype)), {})
 
 
 @functools.wraps(_original_generate)

@@ -33,8 +33,11 @@ def target():
 
 
 def generate(target, session, seed, config=None, stats=None, **kwargs):
-    # the drafter drafts every round (no context lookup), so that every round teaches the same way
-    config = config or EvoSpecConfig(shortlist="context", shortlist_size=40, num_draft_tokens=4, lookup_tokens=0)
+    # the drafter drafts every round (no context lookup), so that every round teaches the same way, and the draft
+    # lengths do not depend on timings (a seeded sample stays the same)
+    config = config or EvoSpecConfig(
+        shortlist="context", shortlist_size=40, num_draft_tokens=4, lookup_tokens=0, draft_schedule="heuristic"
+    )
     kwargs = {"max_new_tokens": 30, "do_sample": False, **kwargs}
     return target.generate(
         prompt(seed), assistant_model=session.drafter, evospec_config=config, evospec_session=session,

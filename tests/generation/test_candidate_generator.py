@@ -77,7 +77,7 @@ def test_sliding_window_drafter_cache_survives_many_rounds():
 
 def test_heuristic_schedule_moves_draft_length(captured):
     target = tiny_llama(seed=0)
-    config = EvoSpecConfig(num_draft_tokens=2, max_draft_tokens=6, draft_schedule="heuristic")
+    config = EvoSpecConfig(num_draft_tokens=2, max_draft_tokens=6, draft_schedule="heuristic", lookup_tokens=0)
     target.generate(torch.tensor([[4, 5, 6]]), max_new_tokens=30, do_sample=False, assistant_model=target, evospec_config=config)
     lengths = [ids.shape[1] - n for _, ids, _, n, _ in captured]
     assert lengths[0] == 2 and max(lengths) == 6  # a self-drafting target is always accepted: 2, 4, 6, 6, ...

@@ -21,7 +21,12 @@ def _router(router_folder):
 
 
 def config_for(mode, static_table_path, **overrides):
-    kwargs = dict(shortlist=mode, shortlist_size=40, context_slots=16, num_draft_tokens=4, confidence_threshold=None)
+    # the 'heuristic' schedule: draft lengths that do not depend on timings, so the counts below are reproducible
+    # ('cost', the default, is tested by `test_cost_schedule_equals_plain_greedy`)
+    kwargs = dict(
+        shortlist=mode, shortlist_size=40, context_slots=16, num_draft_tokens=4, confidence_threshold=None,
+        draft_schedule="heuristic",
+    )  # fmt: skip
     if "static" in mode:
         kwargs["static_shortlist_path"] = static_table_path
     if "router" in mode or mode == "evospec":
@@ -60,6 +65,23 @@ def test_greedy_equals_plain_greedy(pair, mode, drafter_kind, static_table_path)
     if drafter_kind == "noisy-copy" and mode == "full":
         # a drafter that mostly agrees must get multi-token rounds accepted, or the test proves little
         assert stats.mean_accepted_length > 2.0, stats
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_cost_schedule_equals_plain_greedy(pair, mode, static_table_path):
+    """The default schedule picks lengths from measured timings: whatever it picks, the output is plain greedy's."""
+    _, target, drafters = pair
+    config = config_for(mode, static_table_path, draft_schedule="cost", max_draft_tokens=8)
+    stats = DraftStats()
+    for seed in range(3):
+        input_ids = prompt(20 + seed)
+        expected = target.generate(input_ids, max_new_tokens=24, do_sample=False)
+        got = target.generate(
+            input_ids, max_new_tokens=24, do_sample=False, assistant_model=drafters["noisy-copy"],
+            evospec_config=config, evospec_stats=stats,
+        )  # fmt: skip
+        assert torch.equal(got, expected), f"{mode} prompt {seed}"
+    assert stats.rounds > 0 and stats.accepted > 0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the compiled Triton head)")

@@ -43,7 +43,8 @@ def test_greedy_equivalence_on_real_smollm2(pair, domain):
         stats = DraftStats()
         got = model.generate(
             **inputs, max_new_tokens=32, do_sample=False, assistant_model=drafter, evospec_stats=stats,
-            evospec_config=EvoSpecConfig(shortlist=mode, shortlist_size=8192, context_slots=1024),
+            # no context lookup: every accepted draft below is the drafter's own
+            evospec_config=EvoSpecConfig(shortlist=mode, shortlist_size=8192, context_slots=1024, lookup_tokens=0),
         )  # fmt: skip
         assert torch.equal(got, expected), (domain, mode, tokenizer.decode(got[0]), tokenizer.decode(expected[0]))
         assert stats.accepted > 0  # a distilled drafter that never agrees would mean a broken checkpoint
@@ -55,7 +56,7 @@ def test_benchmark_cli_on_real_smollm2(tmp_path):
 
     from evospec_hf.bench.__main__ import main
 
-    methods = "target,hf-assisted,prompt-lookup,full-vocab,fr-spec-8k,router-8k,evospec-8k,evospec-online-8k"
+    methods = "target,hf-assisted,prompt-lookup,full-vocab,fr-spec-8k,router-8k,evospec-8k,evospec-online-8k,evospec-8k+lookup"
     code = main([
         "--drafter", str(CHECKPOINT), "--methods", methods, "--sets", "code,topic-switch",
         "--max-new-tokens", "12", "--out", str(tmp_path),

@@ -1,0 +1,73 @@
+"""`draft_schedule="cost"`: draft lengths chosen from measured acceptance and verification cost."""
+
+import torch
+
+from evospec_hf import DraftStats, EvoSpecConfig
+from evospec_hf.generation.schedule import CostAwareLength
+
+from ..conftest import VOCAB_SIZE, noisy_copy, tiny_llama
+
+
+def test_starts_at_the_given_length_until_something_is_measured():
+    schedule = CostAwareLength()
+    assert schedule.choose("drafter", upper=16, start=6) == 6
+    assert schedule.choose("lookup", upper=4) == 4
+    assert schedule.acceptance("drafter") == 0.5  # one accepted and one rejection, a priori
+
+
+def test_a_step_in_the_verification_cost_caps_the_length():
+    # verifying up to 2 drafts costs one plain step; from 3 on, twice that (a CPU kernel switch)
+    costs = {1: 0.070, 2: 0.072, 3: 0.140, 4: 0.142, 5: 0.144, 6: 0.146}
+    schedule = CostAwareLength(dict(costs))
+    schedule.counts["lookup"] = [3.0, 1.0]  # acceptance 0.75, copying is free
+    assert schedule.choose("lookup", upper=6) == 2
+    schedule.counts["lookup"] = [99.0, 1.0]  # nearly always accepted: the long rounds pay for themselves
+    assert schedule.choose("lookup", upper=6) == 6
+
+
+def test_drafter_steps_count_against_longer_rounds():
+    schedule = CostAwareLength({k: 0.070 for k in range(1, 9)})  # verification as cheap for any length
+    schedule.counts["drafter"] = [4.0, 1.0]  # acceptance 0.8
+    schedule.step_seconds["drafter"] = 0.0
+    assert schedule.choose("drafter", upper=8) == 8
+    schedule.step_seconds["drafter"] = 0.030  # each draft step costs 40% of a verification
+    assert schedule.choose("drafter", upper=8) < 8
+
+
+def test_unmeasured_lengths_look_as_cheap_as_the_nearest_shorter_one():
+    schedule = CostAwareLength({2: 0.1})
+    schedule.counts["lookup"] = [9.0, 1.0]
+    assert schedule.choose("lookup", upper=5) == 5  # optimistic: so it gets tried and measured
+    schedule.observe("lookup", drafted=5, accepted=1, verify_seconds=0.5, draft_seconds=0.0)
+    assert schedule.verify_seconds[5] == 0.5
+    assert schedule.choose("lookup", upper=5) < 5
+
+
+def test_observations_move_acceptance_and_costs():
+    schedule = CostAwareLength(decay=0.5, smoothing=0.5)
+    schedule.observe("drafter", drafted=4, accepted=4, verify_seconds=0.2, draft_seconds=0.04)
+    assert schedule.counts["drafter"] == [4.5, 0.5] and schedule.step_seconds["drafter"] == 0.01
+    schedule.observe("drafter", drafted=4, accepted=0, verify_seconds=0.4, draft_seconds=0.08)
+    assert schedule.counts["drafter"] == [2.25, 1.25]
+    assert abs(schedule.verify_seconds[4] - 0.3) < 1e-12 and abs(schedule.step_seconds["drafter"] - 0.015) < 1e-12
+    schedule.observe("drafter", drafted=0, accepted=0, verify_seconds=1.0, draft_seconds=0.0)  # nothing drafted
+    assert 0 not in schedule.verify_seconds
+
+
+def test_greedy_is_exact_and_the_costs_stay_with_the_target():
+    target = tiny_llama(seed=0)
+    drafter = noisy_copy(target, seed=1)
+    config = EvoSpecConfig(num_draft_tokens=3, max_draft_tokens=8, lookup_tokens=6, draft_schedule="cost")
+    stats = DraftStats()
+    for seed in range(3):
+        phrase = torch.randint(3, VOCAB_SIZE, (1, 8), generator=torch.Generator().manual_seed(seed))
+        input_ids = torch.cat([phrase, phrase[:, :4]], dim=-1)
+        expected = target.generate(input_ids, max_new_tokens=30, do_sample=False)
+        got = target.generate(
+            input_ids, max_new_tokens=30, do_sample=False, assistant_model=drafter, evospec_config=config,
+            evospec_stats=stats,
+        )  # fmt: skip
+        assert torch.equal(got, expected), seed
+    assert stats.rounds > 0 and 0 < stats.lookup_rounds < stats.rounds
+    (table,) = target.__dict__["_evospec_verify_seconds"].values()
+    assert table and all(1 <= k <= 8 and seconds > 0 for k, seconds in table.items())
