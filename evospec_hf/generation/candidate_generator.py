@@ -5,6 +5,10 @@ transformers' `AssistedCandidateGenerator` calls `assistant_model.generate()` ev
 same contract but drafts with a bare loop over the drafter's decoder body: it keeps its own KV cache across rounds,
 crops the entries of rejected drafts, and computes the LM head only over the shortlist (`evospec_hf.vocab`).
 The target verifies the candidates over the full vocabulary in transformers' own assisted-decoding loop.
+
+Each round first asks the context lookup (`lookup.py`) for a continuation copied from the sequence; only when there
+is none does the drafter run. How many tokens a round drafts is the schedule's choice (`schedule.py` for the
+default, `draft_schedule="cost"`).
 """
 
 from __future__ import annotations
@@ -236,7 +240,8 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
 
     @torch.no_grad()
     def get_candidates(self, input_ids: torch.LongTensor, **kwargs) -> tuple[torch.LongTensor, torch.Tensor | None]:
-        """Drafts up to `num_assistant_tokens` tokens.
+        """This round's drafts: copied from the context when the lookup finds the sequence's last tokens earlier
+        (`lookup_tokens`), else drafted by the drafter over its shortlist; as many as the draft schedule says.
 
         Args:
             input_ids (`torch.LongTensor` of shape `(1, sequence_length)`): the sequence so far.
