@@ -191,8 +191,8 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
         self.cost = None
         if evospec_config.draft_schedule == "cost":
             self.cost = CostAwareLength(verify_seconds)
-        self.max_length = evospec_config.max_draft_tokens
         self._round_draft_seconds = 0.0
+        self._prefilled = False  # the first verification also reads the whole prompt: its time is not a round's
 
         self.session = session
         # online alignment (evospec_hf.evolve): None without a session, or with a session that does not learn
@@ -274,7 +274,8 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
             if self.cost is None:
                 length = self.num_assistant_tokens
             else:
-                length = self.cost.choose("drafter", self.max_length, start=self.num_assistant_tokens)
+                upper = self.evospec_config.max_draft_tokens
+                length = self.cost.choose("drafter", upper, start=self.num_assistant_tokens)
             sequence, candidate_logits = self._draft(input_ids, min(int(length), room))
         self._round_draft_seconds = time.perf_counter() - start
         self.stats.draft_seconds += self._round_draft_seconds
@@ -364,7 +365,9 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
         num_matches, num_drafted = int(num_matches), scores.shape[1] - 1
         if self.cost is not None and self._handed_over is not None:
             source = "lookup" if self.lookup_round else "drafter"
-            self.cost.observe(source, num_drafted, num_matches, verify_seconds, self._round_draft_seconds)
+            timed = verify_seconds if self._prefilled else None
+            self.cost.observe(source, num_drafted, num_matches, timed, self._round_draft_seconds)
+        self._prefilled = True
         targets = input_ids[0, input_ids.shape[1] - num_matches - 1 :]
         self._count_recall(targets)
         if self.learner is not None:

@@ -62,14 +62,18 @@ class CostAwareLength:
         shorter = [j for j in self.verify_seconds if j < k]
         return self.verify_seconds[max(shorter) if shorter else min(self.verify_seconds)]
 
-    def observe(self, source: str, drafted: int, accepted: int, verify_seconds: float, draft_seconds: float) -> None:
-        """One verified round of `source`: its drafts, how many were accepted, and what it cost."""
+    def observe(
+        self, source: str, drafted: int, accepted: int, verify_seconds: float | None, draft_seconds: float
+    ) -> None:
+        """One verified round of `source`: its drafts, how many were accepted, and what it cost (`verify_seconds`
+        None: not a round's cost, e.g. the first verification of a call, which also reads the prompt)."""
         if drafted <= 0:
             return
         counts = self.counts.setdefault(source, [1.0, 1.0])
         counts[0] = self.decay * counts[0] + accepted
         counts[1] = self.decay * counts[1] + (1.0 if accepted < drafted else 0.0)
-        self.verify_seconds[drafted] = self._smooth(self.verify_seconds.get(drafted), verify_seconds)
+        if verify_seconds is not None:
+            self.verify_seconds[drafted] = self._smooth(self.verify_seconds.get(drafted), verify_seconds)
         if source == "drafter":
             self.step_seconds[source] = self._smooth(self.step_seconds.get(source), draft_seconds / drafted)
 

@@ -52,6 +52,8 @@ def test_observations_move_acceptance_and_costs():
     assert abs(schedule.verify_seconds[4] - 0.3) < 1e-12 and abs(schedule.step_seconds["drafter"] - 0.015) < 1e-12
     schedule.observe("drafter", drafted=0, accepted=0, verify_seconds=1.0, draft_seconds=0.0)  # nothing drafted
     assert 0 not in schedule.verify_seconds
+    schedule.observe("drafter", drafted=2, accepted=2, verify_seconds=None, draft_seconds=0.02)  # the prefill round
+    assert 2 not in schedule.verify_seconds and schedule.counts["drafter"] == [3.125, 0.625]
 
 
 def test_greedy_is_exact_and_the_costs_stay_with_the_target():
@@ -71,3 +73,17 @@ def test_greedy_is_exact_and_the_costs_stay_with_the_target():
     assert stats.rounds > 0 and 0 < stats.lookup_rounds < stats.rounds
     (table,) = target.__dict__["_evospec_verify_seconds"].values()
     assert table and all(1 <= k <= 8 and seconds > 0 for k, seconds in table.items())
+
+
+def test_the_prefill_is_not_timed_as_a_round(monkeypatch):
+    """The first verification of a call also reads the prompt: its time must not become a draft length's cost."""
+    target = tiny_llama(seed=0)
+    seen = []
+    monkeypatch.setattr(CostAwareLength, "observe", lambda self, *args: seen.append(args))
+    config = EvoSpecConfig(num_draft_tokens=3, lookup_tokens=0, draft_schedule="cost")
+    for _ in range(2):  # each call's first round is a prefill
+        target.generate(torch.tensor([[4, 5, 6]]), max_new_tokens=12, do_sample=False, assistant_model=target,
+                        evospec_config=config)  # fmt: skip
+        first, *rest = seen
+        assert first[3] is None and rest and all(args[3] is not None for args in rest)
+        seen.clear()
