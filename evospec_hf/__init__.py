@@ -12,6 +12,7 @@ from .config import EvoSpecConfig
 from .evolve import EvoSpecSession, OnlineAlignmentConfig
 from .generation import (
     DraftStats,
+    calibrate,
     EvoSpecCandidateGenerator,
     ShortlistLogitsProcessor,
     custom_generate,
@@ -28,6 +29,7 @@ install()
 
 __all__ = [
     "DraftStats",
+    "calibrate",
     "EvoSpecCandidateGenerator",
     "EvoSpecConfig",
     "EvoSpecDrafter",

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
-from dataclasses import asdict, dataclass, field, fields
+import reprlib
+from dataclasses import dataclass, field, fields
+from typing import ClassVar, Self
+
+from .utils import check_bool, check_choice, check_int, check_number, check_path, is_int
+
+logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "evospec_config.json"
+FORMAT_NAME = "evospec-config"
+FORMAT_VERSION = 1
 
 # Shortlist sources that can be combined with "+" (e.g. "static+context"); "router" combines with "context" only.
 SHORTLIST_SOURCES = ("static", "context", "router")
@@ -17,14 +26,108 @@ HEAD_BACKENDS = ("auto", "torch", "triton")
 DRAFT_SCHEDULES = ("constant", "heuristic", "cost")
 
 
+class JsonConfigMixin:
+    """`save_pretrained` / `from_pretrained` for a config dataclass with a `validate()` method.
+
+    The file holds `"format"` and `"version"` next to the fields, like every other evospec_hf artefact, so that a
+    file of another kind, or from a newer evospec_hf, is refused instead of being read as something it is not.
+    A subclass names its file and format in `config_name`, `format_name` and `format_version`.
+    """
+
+    config_name: ClassVar[str]
+    format_name: ClassVar[str]
+    format_version: ClassVar[int]
+
+    def validate(self) -> None:
+        raise NotImplementedError
+
+    def to_dict(self) -> dict:
+        """The fields as JSON-ready values (paths as str)."""
+        return {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)}
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> str:
+        """Writes `<config_name>` into `save_directory` and returns its path."""
+        self.validate()  # never write a file that `from_pretrained` would refuse
+        os.makedirs(save_directory, exist_ok=True)
+        path = os.path.join(save_directory, self.config_name)
+        data = {"format": self.format_name, "version": self.format_version, **self.to_dict()}
+        tmp = f"{path}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)  # atomic: a crash never leaves a half-written config
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, **overrides) -> Self:
+        """Reads a config from a directory holding `<config_name>` (or from that file itself); `overrides` replace
+        fields of the file. A file without format and version (written before they existed) is read with a warning."""
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            path = os.path.join(path, cls.config_name)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"{cls.__name__} file {path!r} does not exist (expected {cls.config_name} or its folder)."
+            )
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except ValueError as err:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise ValueError(f"{cls.__name__} file {path!r} is corrupt: {err}") from err
+        if not isinstance(data, dict):
+            raise ValueError(
+                f"{cls.__name__} file {path!r} is corrupt: it holds {reprlib.repr(data)}, expected a JSON object."
+            )
+        data = dict(data)
+        fmt, version = data.pop("format", None), data.pop("version", None)
+        if fmt is None and version is None:
+            logger.warning(
+                "%s has no 'format' and 'version' (written by evospec_hf before they existed); reading it as %s "
+                "version %d.", path, cls.format_name, cls.format_version,
+            )  # fmt: skip
+        elif fmt != cls.format_name:
+            raise ValueError(
+                f"{path!r} is not an {cls.__name__} file: its 'format' is {fmt!r}, expected {cls.format_name!r}."
+            )
+        elif not (is_int(version) and version >= 1):
+            raise ValueError(
+                f"{cls.__name__} file {path!r} is corrupt: 'version' is {version!r}, expected a positive integer."
+            )
+        elif version > cls.format_version:
+            raise ValueError(
+                f"{cls.__name__} file {path!r} has format version {version}, but this evospec_hf reads versions up "
+                f"to {cls.format_version}: it was written by a newer evospec_hf; upgrade evospec_hf to read it."
+            )
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{path} has fields that {cls.__name__} does not know: {unknown}.")
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"{cls.__name__}.from_pretrained got overrides for fields it does not know: {unknown}.")
+        data.update(overrides)
+        try:
+            return cls(**data)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from err
+
+
+def _jsonable(value):
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
 @dataclass
-class EvoSpecConfig:
+class EvoSpecConfig(JsonConfigMixin):
     """Configuration of evospec_hf's drafting.
 
     Pass it to `model.generate(..., assistant_model=drafter, evospec_config=EvoSpecConfig(...))` after
     `import evospec_hf`. The target always verifies over the full vocabulary, so greedy output is identical to plain
     greedy `generate` and sampling keeps the target's distribution whatever these fields say; they only change speed.
     """
+
+    config_name: ClassVar[str] = CONFIG_NAME
+    format_name: ClassVar[str] = FORMAT_NAME
+    format_version: ClassVar[int] = FORMAT_VERSION
 
     shortlist: str = field(
         default="full",
@@ -180,6 +283,14 @@ class EvoSpecConfig:
     )
 
     def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Checks every field; raises a ValueError naming the field and its value.
+
+        Runs at construction, and again when `generate` starts, so that a field changed after construction
+        (`config.num_draft_tokens = 0`) is refused with the same message instead of failing deep inside drafting.
+        """
         parts = self.shortlist.split("+") if isinstance(self.shortlist, str) else None
         if not parts or any(p not in SHORTLIST_MODES for p in parts) or len(set(parts)) != len(parts):
             raise ValueError(
@@ -192,49 +303,36 @@ class EvoSpecConfig:
             raise ValueError(
                 f"`shortlist`='evospec' already is router + context + retrieval and cannot be combined, got {self.shortlist!r}."
             )
-        parts = list(self.shortlist_sources)
-        for name in ("shortlist_size", "num_draft_tokens", "max_draft_tokens"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+        if "router" in parts and "static" in parts:
+            raise ValueError(f"`shortlist`: 'router' combines with 'context' only, got {self.shortlist!r}.")
+        for name in ("shortlist_size", "num_draft_tokens", "max_draft_tokens", "ngram_order", "lookup_max_ngram",
+                     "lookup_min_ngram"):  # fmt: skip
+            check_int(name, getattr(self, name), minimum=1)
         for name in ("context_slots", "semantic_neighbors", "ngram_continuations", "lookup_tokens"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"`{name}` must be a non-negative integer, got {value!r}.")
-        if isinstance(self.ngram_order, bool) or not isinstance(self.ngram_order, int) or self.ngram_order < 1:
-            raise ValueError(f"`ngram_order` must be a positive integer, got {self.ngram_order!r}.")
-        for name in ("lookup_max_ngram", "lookup_min_ngram"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+            check_int(name, getattr(self, name), minimum=0)
+        for name in ("static_shortlist_path", "router_path"):
+            check_path(name, getattr(self, name))
+        check_choice("draft_schedule", self.draft_schedule, DRAFT_SCHEDULES)
+        check_choice("head_backend", self.head_backend, HEAD_BACKENDS)
+        check_number("confidence_threshold", self.confidence_threshold, above=0, below=1, optional=True)
+        check_bool("fast_verify_head", self.fast_verify_head)
+
+        # relations between fields
         if self.lookup_min_ngram > self.lookup_max_ngram:
             raise ValueError(
                 f"`lookup_min_ngram` ({self.lookup_min_ngram}) must not exceed `lookup_max_ngram` ({self.lookup_max_ngram})."
             )
-        if "router" in parts and "static" in parts:
-            raise ValueError(f"`shortlist`: 'router' combines with 'context' only, got {self.shortlist!r}.")
-        if "router" in parts and "context" in parts and self.context_slots >= self.shortlist_size:
+        sources = self.shortlist_sources
+        if "context" in sources and len(sources) > 1 and self.context_slots >= self.shortlist_size:
+            kept = "the router's clusters keep" if "router" in sources else "the static list keeps"
             raise ValueError(
                 f"`context_slots` ({self.context_slots}) must be smaller than `shortlist_size` "
-                f"({self.shortlist_size}) so that the router's clusters keep some slots."
-            )
-        if "static" in parts and "context" in parts and self.context_slots >= self.shortlist_size:
-            raise ValueError(
-                f"`context_slots` ({self.context_slots}) must be smaller than `shortlist_size` "
-                f"({self.shortlist_size}) so that the static list keeps some slots."
+                f"({self.shortlist_size}) so that {kept} some slots."
             )
         if self.num_draft_tokens > self.max_draft_tokens:
             raise ValueError(
                 f"`num_draft_tokens` ({self.num_draft_tokens}) must not exceed `max_draft_tokens` ({self.max_draft_tokens})."
             )
-        if self.draft_schedule not in DRAFT_SCHEDULES:
-            raise ValueError(f"`draft_schedule` must be one of {DRAFT_SCHEDULES}, got {self.draft_schedule!r}.")
-        if self.confidence_threshold is not None and not (0.0 < self.confidence_threshold < 1.0):
-            raise ValueError(f"`confidence_threshold` must be None or in (0, 1), got {self.confidence_threshold!r}.")
-        if not isinstance(self.fast_verify_head, bool):
-            raise ValueError(f"`fast_verify_head` must be True or False, got {self.fast_verify_head!r}.")
-        if self.head_backend not in HEAD_BACKENDS:
-            raise ValueError(f"`head_backend` must be one of {HEAD_BACKENDS}, got {self.head_backend!r}.")
 
     @property
     def shortlist_sources(self) -> tuple[str, ...]:
@@ -247,30 +345,3 @@ class EvoSpecConfig:
     def uses_retrieval(self) -> bool:
         """Whether the retrieval indexes (`evospec_hf/vocab/indexes.py`) feed the context slots ('evospec')."""
         return self.shortlist == "evospec"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def save_pretrained(self, save_directory: str | os.PathLike) -> str:
-        """Writes `evospec_config.json` into `save_directory` and returns its path."""
-        os.makedirs(save_directory, exist_ok=True)
-        path = os.path.join(save_directory, CONFIG_NAME)
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
-            f.write("\n")
-        return path
-
-    @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, **overrides) -> "EvoSpecConfig":
-        """Reads a config from a directory holding `evospec_config.json` (or from that file itself)."""
-        path = os.fspath(path)
-        if os.path.isdir(path):
-            path = os.path.join(path, CONFIG_NAME)
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{path} has fields that EvoSpecConfig does not know: {unknown}.")
-        data.update(overrides)
-        return cls(**data)

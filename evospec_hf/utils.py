@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+
+def cache_dir() -> Path:
+    """evospec_hf's folder for what it keeps between processes (converted targets, the machine's calibration):
+    `$EVOSPEC_HF_CACHE`, else `~/.cache/evospec_hf`."""
+    return Path(os.environ.get("EVOSPEC_HF_CACHE", Path.home() / ".cache" / "evospec_hf"))
+
 
 def unwrap_peft(model):
     """The transformers model beneath a peft wrapper (the model itself when it is not wrapped)."""
@@ -11,3 +20,69 @@ def unwrap_peft(model):
 def drafter_folder(drafter) -> str:
     """The folder a drafter was loaded from ('' when it was built in memory): where its shortlist files live."""
     return getattr(unwrap_peft(drafter), "name_or_path", "") or ""
+
+
+# -- checks of config values --------------------------------------------------------------------------------------
+# Every config field is checked by one of these, so that a bad value always gets the same kind of message:
+# a ValueError that names the field, shows the value and says what is expected.
+
+
+def is_int(value) -> bool:
+    """Whether `value` is a Python int. Booleans are ints in Python, but `True` as a count is always a mistake."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_int(name: str, value, minimum: int | None = 1, optional: bool = False) -> None:
+    """Raises a ValueError naming `name` unless `value` is an int >= `minimum` (any int when `minimum` is None),
+    or None when `optional`."""
+    if optional and value is None:
+        return
+    if is_int(value) and (minimum is None or value >= minimum):
+        return
+    expected = {None: "an integer", 0: "a non-negative integer", 1: "a positive integer"}.get(
+        minimum, f"an integer >= {minimum}"
+    )
+    raise ValueError(f"`{name}` must be {'None or ' if optional else ''}{expected}, got {value!r}.")
+
+
+def check_number(
+    name: str, value, above: float | None = None, below: float | None = None, minimum: float | None = None,
+    optional: bool = False,
+) -> None:  # fmt: skip
+    """Raises a ValueError naming `name` unless `value` is an int or a float with `above < value < below` and
+    `value >= minimum` (each bound only when given), or None when `optional`. Any bound refuses NaN."""
+    if optional and value is None:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and (above is None or value > above) and (below is None or value < below)
+    ok = ok and (minimum is None or value >= minimum)
+    if ok:
+        return
+    bounds = [f"> {above}"] * (above is not None) + [f">= {minimum}"] * (minimum is not None)
+    bounds += [f"< {below}"] * (below is not None)
+    expected = " ".join(["a number", " and ".join(bounds)]).strip()
+    if above is not None and below is not None and minimum is None:
+        expected = f"a number in ({above}, {below})"
+    raise ValueError(f"`{name}` must be {'None or ' if optional else ''}{expected}, got {value!r}.")
+
+
+def check_bool(name: str, value) -> None:
+    """Raises a ValueError naming `name` unless `value` is True or False (not 0/1, not a string)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"`{name}` must be True or False, got {value!r}.")
+
+
+def check_choice(name: str, value, choices: tuple) -> None:
+    """Raises a ValueError naming `name` unless `value` is one of the strings `choices`."""
+    if not (isinstance(value, str) and value in choices):
+        raise ValueError(f"`{name}` must be one of {choices}, got {value!r}.")
+
+
+def check_path(name: str, value, optional: bool = True) -> None:
+    """Raises a ValueError naming `name` unless `value` is a str or an `os.PathLike` path (or None when `optional`)."""
+    if optional and value is None:
+        return
+    if isinstance(value, str) or (isinstance(value, os.PathLike) and isinstance(os.fspath(value), str)):
+        return
+    expected = "None, a str or an os.PathLike path" if optional else "a str or an os.PathLike path"
+    raise ValueError(f"`{name}` must be {expected}, got {value!r} ({type(value).__name__}).")

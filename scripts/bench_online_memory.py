@@ -44,7 +44,8 @@ def worker(args) -> dict:
     input_ids = tokenizer(text, return_tensors="pt").input_ids[:, : args.prompt_tokens]
     config = EvoSpecConfig(shortlist="static+context", num_draft_tokens=4)
     alignment = OnlineAlignmentConfig(
-        update_every=1, batch_size=args.batch_size, replay_size=args.replay_size, kd=args.kd or "topk"
+        update_every=1, batch_size=args.batch_size, replay_size=args.replay_size, min_replay=min(16, args.replay_size),
+        kd=args.kd or "topk",
     )
     common = dict(max_new_tokens=args.max_new_tokens, do_sample=False, assistant_model=drafter, evospec_config=config)
     target.generate(input_ids, evospec_session=EvoSpecSession(drafter, alignment, online=False), **common)  # warm-up

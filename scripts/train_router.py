@@ -42,21 +42,15 @@ def recall_report(target, drafter, routed: RoutedHead, table: FrequencyTable, ch
     for domain, ids in tqdm(chunks, desc="recall on held-out text", unit="chunk"):
         truth = target_greedy_next(target, ids)  # (T,) next token after each position
         hidden = hidden_states(drafter, ids)
-        scores = routed.router(hidden)  # (T, C)
-        ranked = torch.argsort(scores, dim=-1, descending=True)
-        truth_cluster = routed.clusters.cluster_of[truth]
-        # rank of the true token's cluster, and the tokens that come before it in the routed order
-        cluster_rank = (ranked == truth_cluster[:, None]).float().argmax(-1)
-        sizes = routed.sizes[ranked]  # (T, C)
-        tokens_before = torch.cumsum(sizes, -1)
+        # the clusters generation would pick at each position, within each budget (`RoutedHead.holds`)
+        routed_hits = {budget: routed.holds(hidden, truth, budget).tolist() for budget in budgets}
         static_rank = torch.full((table.vocab_size,), table.vocab_size, dtype=torch.long)
         static_rank[table.token_ids] = torch.arange(table.token_ids.numel())
         for t in range(ids.numel()):
             seen = set(ids[: t + 1].tolist())
             in_context = int(truth[t]) in seen
             for budget in budgets:
-                fits = int((tokens_before[t] <= budget).sum().clamp(min=1))
-                routed_hit = int(cluster_rank[t]) < fits
+                routed_hit = routed_hits[budget][t]
                 static_hit = int(static_rank[truth[t]]) < budget
                 row = counts.setdefault((domain, budget), [0, 0, 0, 0, 0])
                 row[0] += 1
@@ -153,7 +147,7 @@ def main():
     router.eval()
 
     budgets = [int(b) for b in args.budgets.split(",")]
-    routed = RoutedHead(router, clusters, head, None, budget=max(budgets))
+    routed = RoutedHead(router, clusters, head, None)
     table = FrequencyTable.load(folder, vocab_size=head.shape[0])
     eval_chunks = token_chunks(tokenizer, "heldout", distill["seq_len"], args.eval_chunks, args.seed + 1)
     report = {

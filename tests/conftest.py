@@ -7,6 +7,8 @@ import torch
 # CPU CI has no GPU: run Triton kernels through the interpreter. Must be set before triton compiles anything.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# measured costs stay in memory: tests never write the machine's calibration file (tests of it opt back in)
+os.environ.setdefault("EVOSPEC_HF_CALIBRATION", "0")
 
 import pytest  # noqa: E402
 from transformers import (  # noqa: E402
@@ -70,6 +72,34 @@ def noisy_copy(model, seed: int, scale: float = 0.02):
 ARCHITECTURES = {"llama": tiny_llama, "gemma3": tiny_gemma3, "gpt2": tiny_gpt2}
 
 
+def tiny_from_config(config_class, model_class, seed: int, **fields):
+    """A tiny seeded causal LM of any architecture (hidden 32, 2 layers), for tests that sweep architectures."""
+    torch.manual_seed(seed)
+    defaults = dict(vocab_size=VOCAB_SIZE, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
+    return model_class(config_class(**defaults, **fields)).eval()
+
+
+def more_architectures() -> dict:
+    """Architectures beyond ARCHITECTURES (Qwen2, Mistral with a sliding window, GPT-NeoX, OPT), built from configs."""
+    from transformers import (
+        GPTNeoXConfig, GPTNeoXForCausalLM, MistralConfig, MistralForCausalLM, OPTConfig, OPTForCausalLM,
+        Qwen2Config, Qwen2ForCausalLM,
+    )  # fmt: skip
+
+    small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+    return {
+        "qwen2": lambda seed: tiny_from_config(Qwen2Config, Qwen2ForCausalLM, seed, num_key_value_heads=2, **small),
+        "mistral": lambda seed: tiny_from_config(
+            MistralConfig, MistralForCausalLM, seed, num_key_value_heads=2, sliding_window=6, **small
+        ),
+        "gpt-neox": lambda seed: tiny_from_config(GPTNeoXConfig, GPTNeoXForCausalLM, seed, **small),
+        "opt": lambda seed: tiny_from_config(
+            OPTConfig, OPTForCausalLM, seed, hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
+            word_embed_proj_dim=32,
+        ),
+    }
+
+
 @pytest.fixture(scope="session")
 def static_table_path(tmp_path_factory):
     """A frequency table over VOCAB_SIZE where low ids are frequent: a static shortlist that misses many tokens."""
@@ -78,6 +108,27 @@ def static_table_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("static") / "freq.json"
     FrequencyTable.from_token_ids([ids], VOCAB_SIZE, source="synthetic").save(path)
     return str(path)
+
+
+def centroid_router(model, folder, num_clusters: int = 12) -> str:
+    """A router folder made for `model`'s LM head, untrained but sensible: faiss clusters of its rows, a router
+    scoring each cluster by the hidden state's dot product with the cluster's mean row, and a semantic table.
+    Its picks hold the model's likely tokens (a random router's would not), so drafts through it get accepted."""
+    from evospec_hf.vocab.clusters import cluster_vocabulary
+    from evospec_hf.vocab.indexes import SemanticIndex
+    from evospec_hf.vocab.router import ClusterRouter
+
+    weight = model.get_output_embeddings().weight.detach()
+    clusters = cluster_vocabulary(weight, num_clusters)
+    clusters.save(folder)
+    router = ClusterRouter(weight.shape[1], clusters.num_clusters)
+    with torch.no_grad():
+        for c in range(clusters.num_clusters):
+            router.net.weight[c] = weight[clusters.tokens_of(torch.tensor([c]))].mean(0)
+        router.net.bias.zero_()
+    router.save(folder)
+    SemanticIndex.build(weight, k=4, progress=False).save(folder)
+    return str(folder)
 
 
 @pytest.fixture(scope="session")

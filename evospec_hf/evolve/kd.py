@@ -10,9 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
-def _softcap(logits: torch.Tensor, softcap: float | None) -> torch.Tensor:
-    return logits if softcap is None else torch.tanh(logits / softcap) * softcap
+from ..ops.softcap import softcap as _softcap
 
 
 def topk_kd_loss(

@@ -9,11 +9,11 @@ batch of records.
 
 Curriculum (`curriculum_start_rank`): a position is taught only when the drafter ranked the target's token within
 the current bound. It starts with near misses (the target's token was in the drafter's top 4) and the accepted
-positions around them, and the bound grows 4x each time acceptance has improved since the stage began, or after
-`curriculum_patience` updates without improvement. Why: near misses are what a small LoRA step can turn into
-acceptances; positions the drafter was far from need large changes, give large noisy gradients from a handful of
-examples, and early on mostly disturb what already works. Tokens outside the shortlist cannot be drafted at all, so
-they are taught only once the bound is unlimited.
+positions around them, and the bound grows `curriculum_growth` times (4 by default) each time acceptance has
+improved since the stage began, or after `curriculum_patience` updates without improvement. Why: near misses are
+what a small LoRA step can turn into acceptances; positions the drafter was far from need large changes, give large
+noisy gradients from a handful of examples, and early on mostly disturb what already works. Tokens outside the
+shortlist cannot be drafted at all, so they are taught only once the bound is unlimited.
 
 Safety: the target still verifies every token, so nothing learned here can change the output. A loss that is not
 finite or exceeds `max_loss_ratio` times its running average, or weights that stop being finite after a step,
@@ -27,18 +27,26 @@ import collections
 import random
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
+from ..config import JsonConfigMixin
+from ..utils import check_bool, check_choice, check_int, check_number
 from .kd import full_kd_loss, topk_kd_loss
 
 OUTSIDE_SHORTLIST = 1 << 30  # rank of a target token the drafter could not propose
 
 
 @dataclass
-class OnlineAlignmentConfig:
-    """How an `EvoSpecSession` adapts its drafter while generating."""
+class OnlineAlignmentConfig(JsonConfigMixin):
+    """How an `EvoSpecSession` adapts its drafter while generating. `save_pretrained` / `from_pretrained` write and
+    read `evospec_online_alignment.json`."""
+
+    config_name: ClassVar[str] = "evospec_online_alignment.json"
+    format_name: ClassVar[str] = "evospec-online-alignment"
+    format_version: ClassVar[int] = 1
 
     update_every: int = field(default=4, metadata={"help": "Rounds (target verifications) between two updates."})
     batch_size: int = field(default=4, metadata={"help": "Replay records per update (the newest one always in)."})
@@ -78,13 +86,37 @@ class OnlineAlignmentConfig:
         default=4,
         metadata={
             "help": (
-                "Teach positions where the drafter ranked the target's token below this bound, growing 4x per "
-                "curriculum stage. None: no curriculum, every verified position is taught."
+                "Teach positions where the drafter ranked the target's token below this bound, growing "
+                "`curriculum_growth`x per curriculum stage. None: no curriculum, every verified position is taught."
             )
         },
     )
     curriculum_patience: int = field(
         default=8, metadata={"help": "Updates after which a stage ends even if acceptance has not improved."}
+    )
+    curriculum_growth: int = field(
+        default=4, metadata={"help": "Factor by which the curriculum's bound grows at the end of each stage (>= 2)."}
+    )
+    curriculum_end_rank: int = field(
+        default=4096,
+        metadata={
+            "help": (
+                "Once the growing bound exceeds this rank, the curriculum ends: every verified position is taught, "
+                "tokens outside the shortlist included."
+            )
+        },
+    )
+    curriculum_acceptance_gain: float = field(
+        default=0.05,
+        metadata={
+            "help": (
+                "A stage ends early once acceptance (tokens accepted per round, averaged over the last "
+                "`curriculum_acceptance_rounds` rounds) exceeds its value at the stage's start by more than this."
+            )
+        },
+    )
+    curriculum_acceptance_rounds: int = field(
+        default=16, metadata={"help": "The recent rounds over which the curriculum measures acceptance."}
     )
     async_updates: bool = field(
         default=False,
@@ -131,29 +163,30 @@ class OnlineAlignmentConfig:
     seed: int = field(default=0, metadata={"help": "Seed of the replay sampling."})
 
     def __post_init__(self):
-        def is_int(value) -> bool:
-            return isinstance(value, int) and not isinstance(value, bool)
+        self.validate()
 
-        for name in ("update_every", "batch_size", "window", "topk", "replay_size", "curriculum_patience", "lora_rank"):
-            if not is_int(getattr(self, name)) or getattr(self, name) <= 0:
-                raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)!r}.")
+    def validate(self) -> None:
+        """Checks every field; raises a ValueError naming the field and its value."""
+        for name in ("update_every", "batch_size", "window", "topk", "replay_size", "curriculum_patience", "lora_rank",
+                     "curriculum_end_rank", "curriculum_acceptance_rounds"):  # fmt: skip
+            check_int(name, getattr(self, name), minimum=1)
         for name in ("negatives", "min_replay", "warmup_updates"):
-            if not is_int(getattr(self, name)) or getattr(self, name) < 0:
-                raise ValueError(f"`{name}` must be a non-negative integer, got {getattr(self, name)!r}.")
-        if self.trainable_layers is not None and (not is_int(self.trainable_layers) or self.trainable_layers <= 0):
-            raise ValueError(f"`trainable_layers` must be None or a positive integer, got {self.trainable_layers!r}.")
-        start = self.curriculum_start_rank
-        if start is not None and (not is_int(start) or start <= 0):
-            raise ValueError(f"`curriculum_start_rank` must be None or a positive integer, got {start!r}.")
-        if not self.lr > 0:
-            raise ValueError(f"`lr` must be positive, got {self.lr!r}.")
-        if not self.max_loss_ratio > 1:
-            raise ValueError(f"`max_loss_ratio` must be greater than 1, got {self.max_loss_ratio!r}.")
-        if self.kd not in ("topk", "full"):
-            raise ValueError(f"`kd` must be 'topk' or 'full', got {self.kd!r}.")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+            check_int(name, getattr(self, name), minimum=0)
+        check_int("trainable_layers", self.trainable_layers, minimum=1, optional=True)
+        check_int("curriculum_start_rank", self.curriculum_start_rank, minimum=1, optional=True)
+        check_int("curriculum_growth", self.curriculum_growth, minimum=2)  # 1 would never widen the bound
+        check_int("seed", self.seed, minimum=None)
+        check_number("curriculum_acceptance_gain", self.curriculum_acceptance_gain, minimum=0)
+        check_number("lr", self.lr, above=0)
+        check_number("max_loss_ratio", self.max_loss_ratio, above=1)
+        check_bool("async_updates", self.async_updates)
+        check_bool("refresh_cache", self.refresh_cache)
+        check_choice("kd", self.kd, ("topk", "full"))
+        if self.min_replay > self.replay_size:
+            raise ValueError(
+                f"`min_replay` ({self.min_replay}) must not exceed `replay_size` ({self.replay_size}): the buffer "
+                f"would never hold enough records for a first update."
+            )
 
 
 @dataclass
@@ -361,14 +394,18 @@ class OnlineAligner:
         state = self.state
         if state.max_rank is None:
             return
-        recent = self.stats.accepted_per_round[-16:]
+        config = self.config
+        recent = self.stats.accepted_per_round[-config.curriculum_acceptance_rounds :]
         acceptance = sum(recent) / len(recent) if recent else 0.0
         if state.stage_acceptance is None:  # the first update of a stage: acceptance when it began
             state.stage_acceptance = acceptance
         state.stage_updates += 1
-        if acceptance > state.stage_acceptance + 0.05 or state.stage_updates >= self.config.curriculum_patience:
-            state.max_rank = state.max_rank * 4
-            if state.max_rank > 4096:
+        if (
+            acceptance > state.stage_acceptance + config.curriculum_acceptance_gain
+            or state.stage_updates >= config.curriculum_patience
+        ):
+            state.max_rank = state.max_rank * config.curriculum_growth
+            if state.max_rank > config.curriculum_end_rank:
                 state.max_rank = None  # every position, tokens outside the shortlist included
             state.stage_updates, state.stage_acceptance = 0, acceptance
 

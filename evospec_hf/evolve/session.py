@@ -9,6 +9,12 @@ drafter, learns online from the target's verification (`evospec_hf.evolve.online
 restores the drafter's own weights. So what one session learns from its user's text reaches no other session and no
 call without a session, unless it is saved and loaded on purpose. It also keeps the shortlist's statistical index
 (n-gram counts of the conversation so far).
+
+Threads (a Space serves several visitors from one process): every `generate` call holds its drafter's
+`drafter_lock`. Calls without a session only read the drafter's weights and share it; a call with a session swaps
+weights in, so it holds the drafter alone, and so do the session's own methods (`reset`, `save_adapter`,
+`load_adapter`, `applied`) and a new session wrapping the drafter. Such calls wait for each other: two threads on
+one session, or two sessions on one drafter, take turns, and the drafter's own weights are back after each.
 """
 
 from __future__ import annotations
@@ -16,11 +22,86 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import threading
+import weakref
 
 import torch
 
 from ..utils import unwrap_peft
 from .online import AlignerState, AlignmentStats, OnlineAligner, OnlineAlignmentConfig
+
+
+class DrafterLock:
+    """Who uses a drafter's weights: any number of calls that only read them (`shared`), or one that changes them
+    (`exclusive`: a session's call, or a session's own method). Waiting exclusive users go before new readers.
+
+    A thread that holds the lock may open `shared` again (e.g. to generate inside `session.applied()`); asking for
+    `exclusive` while holding it in any way would wait for itself, so it raises instead.
+    """
+
+    def __init__(self):
+        self._condition = threading.Condition()
+        self._holders: dict[int, int] = {}  # thread id -> blocks it holds
+        self._exclusive: int | None = None  # the thread holding it exclusively
+        self._waiting_exclusive = 0
+
+    @contextlib.contextmanager
+    def shared(self):
+        me = threading.get_ident()
+        with self._condition:
+            if me not in self._holders:
+                while self._exclusive is not None or self._waiting_exclusive:
+                    self._condition.wait()
+            self._holders[me] = self._holders.get(me, 0) + 1
+        try:
+            yield
+        finally:
+            self._leave(me)
+
+    @contextlib.contextmanager
+    def exclusive(self):
+        me = threading.get_ident()
+        with self._condition:
+            if me in self._holders:
+                raise RuntimeError(
+                    "this thread is already using the drafter (e.g. a generate call with a session inside another "
+                    "call or inside `session.applied()`); a session swaps the drafter's weights and would wait for "
+                    "itself."
+                )
+            self._waiting_exclusive += 1
+            try:
+                while self._holders:
+                    self._condition.wait()
+            finally:
+                self._waiting_exclusive -= 1
+            self._holders[me], self._exclusive = 1, me
+        try:
+            yield
+        finally:
+            self._leave(me)
+
+    def _leave(self, me: int) -> None:
+        with self._condition:
+            self._holders[me] -= 1
+            if self._holders[me] == 0:
+                del self._holders[me]
+                if self._exclusive == me:
+                    self._exclusive = None
+            self._condition.notify_all()
+
+
+_LOCKS: "weakref.WeakKeyDictionary[torch.nn.Module, DrafterLock]" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def drafter_lock(drafter) -> DrafterLock:
+    """The `DrafterLock` of a drafter (the same for its peft wrapper and the model beneath)."""
+    model = unwrap_peft(drafter)
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = _LOCKS[model] = DrafterLock()
+        return lock
 
 
 def _lora_parameters(model) -> dict:
@@ -52,16 +133,20 @@ class EvoSpecSession:
     """
 
     def __init__(self, drafter, config: OnlineAlignmentConfig | None = None, online: bool = True):
+        if config is not None and not isinstance(config, OnlineAlignmentConfig):
+            raise TypeError(f"`config` must be an OnlineAlignmentConfig (or None), got {type(config).__name__}.")
         self.config = config if config is not None else OnlineAlignmentConfig()
         self.online = online
-        self.drafter = self._with_lora(drafter)
-        params = _lora_parameters(self.drafter)
-        self._initial = {name: p.detach().clone() for name, p in params.items()}
+        with drafter_lock(drafter).exclusive():  # wrapping changes the drafter's modules; read its own weights
+            self.drafter = self._with_lora(drafter)
+            params = _lora_parameters(self.drafter)
+            self._initial = {name: p.detach().clone() for name, p in params.items()}
         self._weights = {name: t.clone() for name, t in self._initial.items()}
         self.stats = AlignmentStats()
         self._state = AlignerState(self.config)
         self._statistical = None
         self._outside: dict | None = None  # the drafter's own weights while the session is attached
+        self._owner: int | None = None  # the thread of the generate call it is attached to
         self._aligner: OnlineAligner | None = None
 
     def _with_lora(self, drafter):
@@ -75,9 +160,12 @@ class EvoSpecSession:
 
     # -- used by the candidate generator, once per generate call ------------------------------------------------
     def attach(self, assistant_model, head_weight, head_bias, softcap) -> OnlineAligner | None:
-        """Puts the session's adapter into the drafter; returns the aligner that learns during this call."""
-        if self._outside is not None:
-            raise RuntimeError("This EvoSpecSession is already in use by another generate call.")
+        """Puts the session's adapter into the drafter; returns the aligner that learns during this call.
+
+        The caller holds `drafter_lock(assistant_model).exclusive()` until `detach`."""
+        self.config.validate()  # its fields may have been changed since the session was made
+        if self._outside is not None:  # cannot happen while callers hold the drafter's lock exclusively
+            raise RuntimeError("This EvoSpecSession is already attached to a generate call.")
         if unwrap_peft(assistant_model) is not unwrap_peft(self.drafter):
             raise ValueError(
                 "`evospec_session` was created for another drafter: pass `assistant_model=session.drafter`."
@@ -86,6 +174,7 @@ class EvoSpecSession:
         trained = _trained_subset(params, self.config.trainable_layers) if self.online else {}
         with torch.no_grad():
             self._outside = {name: p.detach().clone() for name, p in params.items()}
+            self._owner = threading.get_ident()
             for name, p in params.items():
                 p.copy_(self._weights[name])
                 p.requires_grad_(name in trained)
@@ -109,7 +198,7 @@ class EvoSpecSession:
                     self._weights[name] = p.detach().clone()
                     p.copy_(self._outside[name])
                     p.requires_grad_(False)
-            self._outside, self._aligner = None, None
+            self._outside, self._aligner, self._owner = None, None, None
 
     def statistical_index(self, order: int):
         """The session's n-gram index of the conversation's tokens (kept across calls, emptied by `reset`)."""
@@ -122,16 +211,15 @@ class EvoSpecSession:
     # -- user API ---------------------------------------------------------------------------------------------------
     def reset(self) -> None:
         """Forgets everything learned: the adapter goes back to the drafter's, and statistics are emptied."""
-        self._check_idle("reset")
-        self._weights = {name: t.clone() for name, t in self._initial.items()}
-        self._state = AlignerState(self.config)
-        self.stats = AlignmentStats()
-        self._statistical = None
+        with self._idle("reset"):
+            self._weights = {name: t.clone() for name, t in self._initial.items()}
+            self._state = AlignerState(self.config)
+            self.stats = AlignmentStats()
+            self._statistical = None
 
     def save_adapter(self, save_directory: str | os.PathLike) -> None:
         """Writes the session's adapter as a peft adapter folder (`adapter_config.json`, `adapter_model.safetensors`)."""
-        self._check_idle("save_adapter")
-        with self.applied():
+        with self._idle("save_adapter"), self._swapped_in():
             self.drafter.save_pretrained(os.fspath(save_directory))
 
     def load_adapter(self, directory: str | os.PathLike) -> None:
@@ -139,9 +227,8 @@ class EvoSpecSession:
         from peft import set_peft_model_state_dict
         from peft.utils import load_peft_weights
 
-        self._check_idle("load_adapter")
         weights = load_peft_weights(os.fspath(directory), device="cpu")
-        with self.applied():
+        with self._idle("load_adapter"), self._swapped_in():
             result = set_peft_model_state_dict(self.drafter, weights)
             missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
             if missing or getattr(result, "unexpected_keys", []):
@@ -151,14 +238,25 @@ class EvoSpecSession:
                 )
             self._weights = {name: p.detach().clone() for name, p in _lora_parameters(self.drafter).items()}
 
-    def _check_idle(self, what: str) -> None:
-        if self._outside is not None:
-            raise RuntimeError(f"EvoSpecSession.{what}() cannot run during a generate call.")
+    @contextlib.contextmanager
+    def _idle(self, what: str):
+        """Holds the drafter alone for one of the session's own methods (waiting for calls on other threads)."""
+        if self._outside is not None and self._owner == threading.get_ident():
+            raise RuntimeError(f"EvoSpecSession.{what}() cannot run inside this session's own generate call.")
+        with drafter_lock(self.drafter).exclusive():
+            yield
 
     @contextlib.contextmanager
     def applied(self):
-        """The session's adapter in the drafter for the block, e.g. to evaluate it: `with session.applied(): ...`."""
-        self._check_idle("applied")
+        """The session's adapter in the drafter for the block, e.g. to evaluate it: `with session.applied(): ...`.
+
+        The block holds the drafter: calls on it from other threads wait until it ends. `generate` without a
+        session may run inside the block on the same thread (it drafts with the session's adapter)."""
+        with self._idle("applied"), self._swapped_in():
+            yield
+
+    @contextlib.contextmanager
+    def _swapped_in(self):
         params = _lora_parameters(self.drafter)
         saved = {name: p.detach().clone() for name, p in params.items()}
         with torch.no_grad():

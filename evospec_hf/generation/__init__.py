@@ -1,13 +1,18 @@
-"""The transformers integration: the candidate generator (where the drafter runs), the logits processor, the hook."""
+"""The transformers integration: the hook on `generate` (`integration.py`), the candidate generator that orchestrates
+a round (`candidate_generator.py`), its candidate sources (`lookup.py`, and `token_drafter.py`: where the drafter
+runs), the draft length rules (`schedule.py`), the stop check (`stopping.py`), the stats, and the logits processor."""
 
-from .candidate_generator import DraftStats, EvoSpecCandidateGenerator
+from .costs import calibrate
+from .candidate_generator import EvoSpecCandidateGenerator
 from .integration import custom_generate, evospec_drafting, install, uninstall
 from .logits_process import ShortlistLogitsProcessor
+from .stats import DraftStats
 
 __all__ = [
     "DraftStats",
     "EvoSpecCandidateGenerator",
     "ShortlistLogitsProcessor",
+    "calibrate",
     "custom_generate",
     "evospec_drafting",
     "install",

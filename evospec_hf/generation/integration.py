@@ -3,7 +3,8 @@
 Both entry points reuse transformers' own assisted-decoding loop (`GenerationMixin._assisted_decoding`): the target
 verifies over the full vocabulary exactly as in plain assisted generation. The only thing evospec_hf changes is the
 candidate generator, which that loop obtains by calling `model._get_candidate_generator(...)`. `evospec_drafting`
-shadows that method on the one model instance for the duration of one call, then removes it.
+shadows that method on the model instance while a call runs, and the shadow hands each thread its own generator
+(threads with no evospec_hf call get transformers' own), so calls on several threads can share one model.
 
 1. `import evospec_hf` wraps `GenerationMixin.generate` so that it accepts `evospec_config=`:
 
@@ -22,51 +23,62 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
+import weakref
 from types import SimpleNamespace
 
-from transformers import GenerationMixin
+from transformers import GenerationMixin, StoppingCriteriaList
 
 from ..config import EvoSpecConfig
+from ..evolve.session import EvoSpecSession, drafter_lock
+from ..ops.calibration import machine_costs, save_machine_costs
 from ..ops.verify_head import columns_verify_head
-from .candidate_generator import DraftStats, EvoSpecCandidateGenerator
+from .candidate_generator import EvoSpecCandidateGenerator
+from .stats import DraftStats
 
 # a reload of this module must not wrap the wrapper
 _original_generate = getattr(GenerationMixin.generate, "__evospec_original__", GenerationMixin.generate)
 
 
 @contextlib.contextmanager
-def evospec_drafting(model, evospec_config: EvoSpecConfig, stats: DraftStats | None = None, session=None):
-    """Within this block, assisted decoding on `model` drafts with `EvoSpecCandidateGenerator` (filling `stats`).
+def evospec_drafting(
+    model,
+    evospec_config: EvoSpecConfig,
+    stats: DraftStats | None = None,
+    session: EvoSpecSession | None = None,
+    stopping_criteria: StoppingCriteriaList | None = None,
+    prepared_criteria: StoppingCriteriaList | None = None,
+):
+    """Within this block, assisted decoding on `model` *on this thread* drafts with `EvoSpecCandidateGenerator`.
 
     With an `EvoSpecSession`, the drafter carries that session's adapter for the block and learns online; when the
-    block ends, the session keeps what was learned and the drafter gets its own weights back.
+    block ends, the session keeps what was learned and the drafter gets its own weights back. Several threads may
+    hold blocks on one model at once, each with its own drafting state. Calls on one drafter share it; a call with
+    a session has it to itself (it swaps weights in), so such calls wait for each other and for calls without one.
+
+    Drafts are cut where a stopping criterion would fire (`stopping.py`), so generation stops where plain
+    `generate` stops.
+
+    Args:
+        stopping_criteria: the user's own criteria (`generate(stopping_criteria=...)`); transformers' criteria from
+            the generation config (`stop_strings`, `max_time`, EOS, ...) are added as `generate` adds them.
+        prepared_criteria: instead, the call's criteria as transformers prepared them (a `custom_generate` loop
+            receives these), used as they are.
 
     Yields a namespace whose `generator` is the candidate generator once transformers has asked for it.
     """
-    if not isinstance(evospec_config, EvoSpecConfig):
-        raise TypeError(f"`evospec_config` must be an EvoSpecConfig, got {type(evospec_config).__name__}.")
-    if "_get_candidate_generator" in vars(model):
-        raise RuntimeError(
-            f"{type(model).__name__} is already generating with evospec_hf (nested or concurrent generate calls on "
-            "one model are not supported)."
-        )
+    check_arguments(evospec_config, stats, session)
     target_head = model.get_output_embeddings()
     target_vocab_size = (
         target_head.weight.shape[0] if target_head is not None else model.config.get_text_config().vocab_size
     )
-
     drafting = SimpleNamespace(generator=None)
+    cleanup = contextlib.ExitStack()
 
-    def _get_candidate_generator(
-        generation_config,
-        input_ids,
-        inputs_tensor,
-        logits_processor,
-        model_kwargs,
-        assistant_model=None,
-        target_tokenizer=None,
-        assistant_tokenizer=None,
-    ):
+    def make_generator(
+        generation_config, input_ids, inputs_tensor, logits_processor, model_kwargs,
+        assistant_model=None, target_tokenizer=None, assistant_tokenizer=None,
+    ):  # fmt: skip
         if assistant_model is None:
             raise ValueError("`evospec_config` needs a drafter: pass `assistant_model=` (or `drafter=`).")
         if assistant_tokenizer is not None:
@@ -82,6 +94,15 @@ def evospec_drafting(model, evospec_config: EvoSpecConfig, stats: DraftStats | N
         for name in ("prompt_lookup_num_tokens", "assistant_early_exit"):
             if getattr(generation_config, name, None) is not None:
                 raise ValueError(f"`{name}` selects another drafting strategy; it cannot be combined with `evospec_config`.")
+        criteria = prepared_criteria
+        if criteria is None:  # the criteria `generate` built for this call: the same merge of config and user's
+            criteria = model._get_stopping_criteria(
+                generation_config=generation_config,
+                stopping_criteria=stopping_criteria if stopping_criteria is not None else StoppingCriteriaList(),
+                tokenizer=target_tokenizer,
+            )
+        lock = drafter_lock(assistant_model)
+        cleanup.enter_context(lock.exclusive() if session is not None else lock.shared())
         drafting.generator = EvoSpecCandidateGenerator(
             input_ids=input_ids,
             assistant_model=assistant_model,
@@ -93,29 +114,82 @@ def evospec_drafting(model, evospec_config: EvoSpecConfig, stats: DraftStats | N
             logits_processor=logits_processor,
             stats=stats,
             session=session,
-            verify_seconds=_verify_seconds_table(model),
+            verify_seconds=machine_costs(model, "verify_seconds"),
+            stopping_criteria=criteria,
         )
         return drafting.generator
 
-    model._get_candidate_generator = _get_candidate_generator
-    with contextlib.ExitStack() as stack:
-        if evospec_config.fast_verify_head:
-            stack.enter_context(columns_verify_head(model))
-        try:
-            yield drafting
-        finally:
-            del model._get_candidate_generator
-            if drafting.generator is not None:
-                drafting.generator.close()
+    # A seeded learning session is reproducible only if the teacher's logits are: the tuned head's timing trials
+    # would pick each round's matmul order by the clock, and rounding differences grow through learning.
+    tune_head = evospec_config.fast_verify_head and not (session is not None and session.online)
+    with cleanup, _candidate_generator_for(model, make_generator):
+        with columns_verify_head(model) if tune_head else contextlib.nullcontext():
+            try:
+                yield drafting
+            finally:
+                if drafting.generator is not None:
+                    drafting.generator.close()
+                save_machine_costs()
 
 
-def _verify_seconds_table(model) -> dict:
-    """The target's verification seconds per draft length for `draft_schedule="cost"`: a property of the model, its
-    device and dtype, and the machine, so it is kept on the model across `generate` calls."""
-    head = model.get_output_embeddings()
-    weight = head.weight if head is not None else next(model.parameters())
-    tables = model.__dict__.setdefault("_evospec_verify_seconds", {})
-    return tables.setdefault((str(weight.device), str(weight.dtype)), {})
+def check_arguments(evospec_config, stats, session) -> None:
+    """Clear errors for arguments of the wrong kind, and a config changed into an invalid one since it was made."""
+    if not isinstance(evospec_config, EvoSpecConfig):
+        raise TypeError(f"`evospec_config` must be an EvoSpecConfig, got {type(evospec_config).__name__}.")
+    evospec_config.validate()
+    if stats is not None and not isinstance(stats, DraftStats):
+        raise TypeError(f"`evospec_stats` must be a DraftStats (or None), got {type(stats).__name__}: {stats!r}.")
+    if session is not None and not isinstance(session, EvoSpecSession):
+        raise TypeError(f"`evospec_session` must be an EvoSpecSession (or None), got {type(session).__name__}: {session!r}.")
+
+
+# -- routing transformers' `_get_candidate_generator` to the calling thread's evospec_hf block ----------------------
+# transformers' loop asks `model._get_candidate_generator(...)` for its drafter. While any thread holds an
+# `evospec_drafting` block on a model, that method is shadowed on the instance by a dispatcher: a thread inside a
+# block gets its own generator, any other thread transformers' own. The shadow is installed by the first block and
+# removed by the last.
+_local = threading.local()  # .factories: {model: make_generator} of the blocks this thread holds
+_shadows: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> blocks open on it (all threads)
+_shadows_lock = threading.Lock()
+
+
+def _thread_factories() -> dict:
+    factories = getattr(_local, "factories", None)
+    if factories is None:
+        factories = _local.factories = {}
+    return factories
+
+
+@contextlib.contextmanager
+def _candidate_generator_for(model, make_generator):
+    factories = _thread_factories()
+    if model in factories:
+        raise RuntimeError(
+            f"{type(model).__name__} is already generating with evospec_hf on this thread (a generate call inside "
+            "another one on the same model, e.g. from a streamer or a logits processor, is not supported)."
+        )
+    with _shadows_lock:
+        if _shadows.get(model, 0) == 0:
+            model._get_candidate_generator = functools.partial(_dispatch, weakref.ref(model))
+        _shadows[model] = _shadows.get(model, 0) + 1
+    factories[model] = make_generator
+    try:
+        yield
+    finally:
+        del factories[model]
+        with _shadows_lock:
+            _shadows[model] -= 1
+            if _shadows[model] == 0:
+                del _shadows[model]
+                vars(model).pop("_get_candidate_generator", None)
+
+
+def _dispatch(model_ref, **kwargs):
+    model = model_ref()
+    make_generator = _thread_factories().get(model)
+    if make_generator is None:  # plain assisted decoding on a thread with no evospec_hf block
+        return type(model)._get_candidate_generator(model, **kwargs)
+    return make_generator(**kwargs)
 
 
 @functools.wraps(_original_generate)
@@ -132,6 +206,13 @@ def generate(
     `evospec_stats=DraftStats()` is filled with the rounds, drafted and accepted tokens of the call.
     `evospec_session=EvoSpecSession(drafter)` adapts the drafter online, within that session only.
     """
+    if not _enabled:  # uninstalled while another library's wrapper still calls this one
+        if evospec_config is not None or evospec_stats is not None or evospec_session is not None:
+            raise ValueError(
+                "evospec_hf.uninstall() was called: `generate` no longer accepts `evospec_config`. Call "
+                "evospec_hf.install() again, or use custom_generate=evospec_hf.custom_generate."
+            )
+        return _original_generate(self, *args, **kwargs)
     if evospec_config is None:
         if evospec_stats is not None or evospec_session is not None:
             raise ValueError("`evospec_stats` and `evospec_session` need `evospec_config`.")
@@ -144,7 +225,9 @@ def generate(
         )  # fmt: skip
     if kwargs.get("assistant_model") is None:
         raise ValueError("`evospec_config` needs a drafter: pass `assistant_model=<drafter model>`.")
-    with evospec_drafting(self, evospec_config, evospec_stats, evospec_session) as drafting:
+    with evospec_drafting(
+        self, evospec_config, evospec_stats, evospec_session, stopping_criteria=kwargs.get("stopping_criteria")
+    ) as drafting:
         output = _original_generate(self, *args, **kwargs)
     if drafting.generator is None:
         # e.g. num_beams > 1: transformers then runs beam search and only logs that the assistant is ignored
@@ -158,14 +241,37 @@ def generate(
 generate.__evospec_original__ = _original_generate
 
 
+_enabled = True  # False after `uninstall()` while another library's wrapper still calls ours
+
+
 def install() -> None:
     """Makes every model's `generate` accept `evospec_config=` (done by `import evospec_hf`; idempotent)."""
-    GenerationMixin.generate = generate
+    global _enabled
+    _enabled = True
+    if not _wrapped_by_us(GenerationMixin.generate):
+        GenerationMixin.generate = generate
 
 
 def uninstall() -> None:
-    """Restores transformers' own `generate`."""
-    GenerationMixin.generate = _original_generate
+    """Takes evospec_hf's wrapper off `generate`.
+
+    If another library wrapped `generate` after evospec_hf (its wrapper calls ours), that wrapper stays in place:
+    removing ours from under it would also remove theirs. Ours then passes every call straight through, exactly as
+    transformers' own `generate` (`evospec_config=` is refused), until `install()` is called again.
+    """
+    global _enabled
+    _enabled = False
+    if GenerationMixin.generate is generate:
+        GenerationMixin.generate = _original_generate
+
+
+def _wrapped_by_us(method) -> bool:
+    """Whether `method` is evospec_hf's wrapper, or a wrapper (`functools.wraps`) around it."""
+    while method is not None:
+        if method is generate:
+            return True
+        method = getattr(method, "__wrapped__", None)
+    return False
 
 
 def custom_generate(
@@ -191,7 +297,7 @@ def custom_generate(
     evospec_config = evospec_config if evospec_config is not None else EvoSpecConfig()
     if model._is_stateful:
         raise ValueError(f"speculative decoding cannot roll back a stateful model such as {type(model).__name__}.")
-    with evospec_drafting(model, evospec_config, evospec_stats, evospec_session):
+    with evospec_drafting(model, evospec_config, evospec_stats, evospec_session, prepared_criteria=stopping_criteria):
         return GenerationMixin._assisted_decoding(
             model,
             input_ids,

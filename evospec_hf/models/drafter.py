@@ -11,12 +11,33 @@ import copy
 
 import torch
 
+from ..utils import unwrap_peft
+
+# the drafter's config attribute that records `target_architecture(target)`: what it was built from, which
+# `EvoSpecDrafter.save_pretrained` writes into a checkpoint and `from_pretrained` checks against the target given
+TARGET_ARCHITECTURE_ATTR = "evospec_target_architecture"
+
+
+def target_architecture(model) -> dict:
+    """What identifies a target's architecture: its model class, `model_type`, hidden size and number of decoder
+    layers (the vocabulary size is recorded and checked on its own)."""
+    model = unwrap_peft(model)
+    text_config = model.config.get_text_config()
+    return {
+        "model_class": type(model).__name__,
+        "model_type": text_config.model_type,
+        "hidden_size": text_config.hidden_size,
+        "num_hidden_layers": text_config.num_hidden_layers,
+    }
+
 
 def drafter_from_target(target, num_layers: int):
     """A causal LM of the target's class with its first `num_layers` decoder layers (copied).
 
-    Embeddings and LM head are shared with `target`: do not train them through the drafter.
+    Embeddings and LM head are shared with `target`: do not train them through the drafter. The drafter's config
+    records the target's architecture (`config.evospec_target_architecture`) for its checkpoint.
     """
+    architecture = target_architecture(target)
     config = copy.deepcopy(target.config)
     text_config = config.get_text_config()
     total = text_config.num_hidden_layers
@@ -32,6 +53,7 @@ def drafter_from_target(target, num_layers: int):
     drafter.set_input_embeddings(target.get_input_embeddings())
     drafter.set_output_embeddings(target.get_output_embeddings())
     text_config.vocab_size = vocab_size
+    setattr(drafter.config, TARGET_ARCHITECTURE_ATTR, architecture)
 
     own = drafter.state_dict()
     shared = _shared_names(drafter)

@@ -16,6 +16,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..utils import cache_dir as evospec_cache_dir
+
 COMPLETE_MARKER = "evospec_conversion.json"
 
 
@@ -62,7 +64,7 @@ KNOWN_TARGETS = {
 
 def default_cache_dir() -> Path:
     """`$EVOSPEC_HF_CACHE`, else `~/.cache/evospec_hf`."""
-    return Path(os.environ.get("EVOSPEC_HF_CACHE", Path.home() / ".cache" / "evospec_hf"))
+    return evospec_cache_dir()
 
 
 def _spec(name: str) -> TargetSpec:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import functools
 import json
 import os
+import reprlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 
-from ..utils import drafter_folder
+from ..utils import check_int, drafter_folder, is_int
 
 FORMAT_NAME = "evospec-frequency-table"
 FORMAT_VERSION = 1
@@ -108,14 +109,17 @@ class FrequencyTable:
         try:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
+            if not isinstance(data, dict):
+                raise ValueError(f"it holds {reprlib.repr(data)}, expected a JSON object with the table's fields")
             if data.get("format") != FORMAT_NAME:
                 raise ValueError(f"'format' is {data.get('format')!r}, expected {FORMAT_NAME!r}")
             if data.get("version") != FORMAT_VERSION:
                 raise ValueError(f"'version' is {data.get('version')!r}, expected {FORMAT_VERSION}")
+            check_int("vocab_size", data["vocab_size"], minimum=1)
             table = cls(
-                vocab_size=int(data["vocab_size"]),
-                token_ids=torch.tensor(data["token_ids"], dtype=torch.long),
-                counts=torch.tensor(data["counts"], dtype=torch.long),
+                vocab_size=data["vocab_size"],
+                token_ids=torch.tensor(_int_list(data, "token_ids"), dtype=torch.long),
+                counts=torch.tensor(_int_list(data, "counts"), dtype=torch.long),
                 source=str(data.get("source", "")),
             )
             if table.token_ids.shape != table.counts.shape or table.token_ids.dim() != 1:
@@ -129,6 +133,18 @@ class FrequencyTable:
         except (ValueError, KeyError, TypeError) as err:  # json.JSONDecodeError is a ValueError
             raise ValueError(f"static shortlist file {path!r} is corrupt: {err}") from err
         return table
+
+
+def _int_list(data: dict, key: str) -> list:
+    """`data[key]`, checked to be a list of JSON integers: `torch.tensor(..., dtype=long)` would silently truncate a
+    float id (3.7 -> 3) and read `true` as 1."""
+    values = data[key]
+    if not isinstance(values, list):
+        raise ValueError(f"{key!r} must be a list of integers, got {reprlib.repr(values)}")
+    if not set(map(type, values)) <= {int}:  # the fast check (a 262k-id table); bool is not int here
+        position, value = next((i, v) for i, v in enumerate(values) if not is_int(v))
+        raise ValueError(f"{key!r} must be a list of integers, but item {position} is {value!r}")
+    return values
 
 
 def resolve_static_table(static_shortlist_path, drafter, vocab_size: int) -> FrequencyTable:

@@ -3,13 +3,16 @@
 `ClusterRouter` is a light meta-classifier from the drafter's final hidden state to cluster scores, trained by
 `scripts/train_router.py` on the target's next-token distribution. `RoutedHead` turns its choice into logits:
 the LM-head rows are kept in a cluster-contiguous copy (`clusters.order`), so the rows of a selected cluster are
-one contiguous block, read in place. Clusters are added best first until the step's token budget is spent.
+one contiguous block, read in place. Clusters are added best first until the step's token budget is spent
+(`RoutedHead.ranked_clusters`, the one place that rule lives). The budget is an argument, not state: one
+`RoutedHead` serves every `generate` call on a drafter, whatever each call's shortlist size.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 import weakref
 
 import torch
@@ -71,15 +74,16 @@ class ClusterRouter(nn.Module):
 class RoutedHead:
     """LM-head logits over the clusters a router picks for each draft step.
 
+    Read-only once built, so threads drafting at once can share it.
+
     Args:
         router: the trained `ClusterRouter`.
         clusters: the `TokenClusters` it was trained for.
         lm_head_weight: `(vocab_size, hidden_size)` drafter LM head; a cluster-contiguous copy is made once.
         lm_head_bias: optional `(vocab_size,)` bias.
-        budget: tokens per step taken from clusters (clusters are added best first while they fit; at least one).
     """
 
-    def __init__(self, router, clusters: TokenClusters, lm_head_weight, lm_head_bias, budget: int):
+    def __init__(self, router, clusters: TokenClusters, lm_head_weight, lm_head_bias):
         if clusters.vocab_size != lm_head_weight.shape[0]:
             raise ValueError(f"clusters cover {clusters.vocab_size} tokens, the LM head has {lm_head_weight.shape[0]}")
         if router.config["num_clusters"] != clusters.num_clusters:
@@ -90,23 +94,29 @@ class RoutedHead:
         self.order = clusters.order.to(device)
         self.offsets = clusters.offsets.tolist()
         self.sizes = clusters.sizes().to(device)
-        self.budget = budget
         # the one full-size copy: rows in cluster order, so a cluster is a contiguous block (made once per drafter)
         self.sorted_weight = lm_head_weight.index_select(0, self.order)
         self.sorted_bias = None if lm_head_bias is None else lm_head_bias.index_select(0, self.order)
 
     @torch.no_grad()
-    def ranked_clusters(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def ranked_clusters(self, hidden: torch.Tensor, budget: int) -> tuple[torch.Tensor, torch.Tensor]:
         """`(T, hidden_size)` -> clusters best first `(T, C)`, and how many of them each position takes `(T,)`:
-        clusters are added best first while they fit the token budget, at least one."""
+        clusters are added best first while their tokens fit in `budget`, at least one."""
         ranked = torch.argsort(self.router(hidden), dim=-1, descending=True)
-        count = (torch.cumsum(self.sizes[ranked], -1) <= self.budget).sum(-1).clamp(min=1)
+        count = (torch.cumsum(self.sizes[ranked], -1) <= budget).sum(-1).clamp(min=1)
         return ranked, count
 
-    def select(self, hidden: torch.Tensor) -> list[int]:
-        """Cluster ids for one position `(1, hidden_size)`, best first, within the token budget."""
-        ranked, count = self.ranked_clusters(hidden)
+    def select(self, hidden: torch.Tensor, budget: int) -> list[int]:
+        """Cluster ids for one position `(1, hidden_size)`, best first, within `budget` tokens."""
+        ranked, count = self.ranked_clusters(hidden, budget)
         return ranked[0, : int(count[0])].tolist()
+
+    def holds(self, hidden: torch.Tensor, token_ids: torch.Tensor, budget: int) -> torch.Tensor:
+        """`(T, hidden_size)`, `(T,)` -> `(T,)` bool: whether the clusters picked at each position hold its token."""
+        ranked, count = self.ranked_clusters(hidden, budget)
+        wanted = self.clusters.cluster_of.to(ranked.device)[token_ids.to(ranked.device)]
+        rank = (ranked == wanted[:, None]).float().argmax(-1)
+        return rank < count
 
     def logits(self, hidden: torch.Tensor, clusters: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """`(1, hidden)` -> (token ids `(n,)`, float32 logits `(1, n)`) over the given clusters, reading rows in place."""
@@ -119,8 +129,10 @@ class RoutedHead:
         return torch.cat(ids), torch.cat(pieces, dim=-1).float()
 
 
-# per drafter LM-head module: the cluster-sorted copy of the head is the costly part (a full-size copy)
+# per drafter LM-head module: the cluster-sorted copy of the head is the costly part (a full-size copy). The lock
+# keeps two threads starting on one drafter from building it twice.
 _ROUTED_CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+_ROUTED_LOCK = threading.Lock()
 
 
 def resolve_router_folder(router_path, drafter) -> str:
@@ -137,7 +149,7 @@ def resolve_router_folder(router_path, drafter) -> str:
     )
 
 
-def load_routed_head(router_path, drafter, lm_head: nn.Module, budget: int) -> RoutedHead:
+def load_routed_head(router_path, drafter, lm_head: nn.Module) -> RoutedHead:
     """The `RoutedHead` for a drafter, reused across `generate` calls while nothing it depends on changes."""
     folder = os.path.abspath(resolve_router_folder(router_path, drafter))
     stamps = tuple(
@@ -146,11 +158,11 @@ def load_routed_head(router_path, drafter, lm_head: nn.Module, budget: int) -> R
     )
     bias = getattr(lm_head, "bias", None)
     key = (folder, stamps, lm_head.weight._version, None if bias is None else bias._version)
-    cached_key, routed = _ROUTED_CACHE.get(lm_head, (None, None))
-    if cached_key != key:
-        weight = lm_head.weight.detach()
-        clusters = TokenClusters.load(folder, vocab_size=weight.shape[0])
-        routed = RoutedHead(ClusterRouter.load(folder), clusters, weight, None if bias is None else bias.detach(), budget)
-        _ROUTED_CACHE[lm_head] = (key, routed)
-    routed.budget = budget
+    with _ROUTED_LOCK:
+        cached_key, routed = _ROUTED_CACHE.get(lm_head, (None, None))
+        if cached_key != key:
+            weight = lm_head.weight.detach()
+            clusters = TokenClusters.load(folder, vocab_size=weight.shape[0])
+            routed = RoutedHead(ClusterRouter.load(folder), clusters, weight, None if bias is None else bias.detach())
+            _ROUTED_CACHE[lm_head] = (key, routed)
     return routed

@@ -14,6 +14,8 @@ once; a context token entering the shortlist writes one slot. So a draft step ne
 
 from __future__ import annotations
 
+import collections
+import threading
 import weakref
 
 import torch
@@ -162,9 +164,13 @@ class Shortlist:
 
 
 def expand_to_vocab(token_ids: torch.Tensor, logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """`(..., n)` logits of `token_ids` -> `(..., vocab_size)`, -inf at every other id."""
+    """`(..., n)` logits of `token_ids` -> `(..., vocab_size)`, -inf at every other id.
+
+    An id may appear twice (a router's cluster token that also has a slot: its cluster column is -inf): the larger
+    value wins. (`index_copy_` would keep either copy, so a token could lose its logit to the -inf.)"""
     out = logits.new_full((*logits.shape[:-1], vocab_size), float("-inf"))
-    return out.index_copy_(-1, token_ids, logits)
+    index = token_ids.expand(*logits.shape[:-1], token_ids.shape[-1])
+    return out.scatter_reduce_(-1, index, logits, reduce="amax")
 
 
 def _unique_in_order(ids: torch.Tensor) -> torch.Tensor:
@@ -175,12 +181,6 @@ def _unique_in_order(ids: torch.Tensor) -> torch.Tensor:
     return uniq[torch.argsort(first)]
 
 
-# Shortlists kept between `generate` calls, per drafter LM-head module: building one means copying thousands of
-# rows into a fresh buffer (~200 ms at 16k x 640 on a CPU), so a new call on the same drafter only resets the context
-# slots. Entries go away with the module.
-_SHORTLIST_CACHE: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
-
-
 def build_shortlist(
     config,
     lm_head_weight: torch.Tensor,
@@ -188,14 +188,18 @@ def build_shortlist(
     always_ids: torch.Tensor,
     backend: str,
     static_table=None,
-    cache_owner: torch.nn.Module | None = None,
+    pool_owner: torch.nn.Module | None = None,
 ) -> Shortlist | None:
     """The shortlist an `EvoSpecConfig` asks for (context slots empty), or None for `shortlist='full'`.
 
     `always_ids` (EOS, pad) come first; 'static' adds the table's most frequent tokens; 'context' reserves
     `context_slots` slots (all remaining slots when it is the only source). 'static' needs `static_table` (a
-    `FrequencyTable`, see `resolve_static_table`). With `cache_owner` (the drafter's LM-head
-    module), a shortlist built before for the same head, options, weights and static file is reused.
+    `FrequencyTable`, see `resolve_static_table`).
+
+    With `pool_owner` (the drafter's LM-head module) the shortlist comes from that head's pool: an idle one built
+    before for the same options, fixed ids and weights is reused, else a new one is built. Give it back with
+    `release_shortlist` when the `generate` call is over. Each call holds its own, so calls running at once on one
+    drafter never share context slots.
     """
     sources = config.shortlist_sources
     if not sources:
@@ -209,14 +213,6 @@ def build_shortlist(
     table = static_table if "static" in sources else None
     if "static" in sources and (table is None or table.vocab_size != vocab_size):
         raise ValueError(f"shortlist='static' needs a FrequencyTable for a vocabulary of {vocab_size} tokens.")
-    key = (
-        config.shortlist, config.shortlist_size, config.context_slots, id(table), tuple(always_ids.tolist()), backend,
-        lm_head_weight._version, None if lm_head_bias is None else lm_head_bias._version,
-    )  # fmt: skip
-    cached_key, cached = _SHORTLIST_CACHE.get(cache_owner, (None, None)) if cache_owner is not None else (None, None)
-    if cached_key == key:
-        cached.reset_context()
-        return cached
     fixed = [always_ids] + ([table.top(config.shortlist_size)] if table is not None else [])
     fixed_ids = _unique_in_order(torch.cat(fixed))
     if "context" not in sources:
@@ -234,14 +230,62 @@ def build_shortlist(
             f"`shortlist_size` ({config.shortlist_size}) leaves no slot for context tokens after the "
             f"{fixed_ids.numel()} special tokens."
         )
+    key = None
+    if pool_owner is not None:
+        key = (
+            size, context_slots, hash(fixed_ids.numpy().tobytes()), fixed_ids.numel(), backend,
+            lm_head_weight.data_ptr(), lm_head_weight._version,
+            None if lm_head_bias is None else (lm_head_bias.data_ptr(), lm_head_bias._version),
+        )  # fmt: skip
+        pooled = _POOLS.take(pool_owner, key)
+        if pooled is not None:
+            pooled.reset_context()
+            return pooled
     shortlist = Shortlist(
-        lm_head_weight,
-        lm_head_bias,
-        size=size,
-        fixed_ids=fixed_ids,
-        context_slots=context_slots,
-        backend=backend,
+        lm_head_weight, lm_head_bias, size=size, fixed_ids=fixed_ids, context_slots=context_slots, backend=backend
     )
-    if cache_owner is not None:
-        _SHORTLIST_CACHE[cache_owner] = (key, shortlist)
+    shortlist.pool_key = key
     return shortlist
+
+
+def release_shortlist(pool_owner: torch.nn.Module, shortlist: Shortlist | None) -> None:
+    """Gives a shortlist taken with `build_shortlist(..., pool_owner=...)` back to its head's pool."""
+    if shortlist is not None and getattr(shortlist, "pool_key", None) is not None:
+        _POOLS.give(pool_owner, shortlist)
+
+
+class _ShortlistPools:
+    """Idle shortlists per drafter LM-head module, for later `generate` calls.
+
+    Building a shortlist copies thousands of LM-head rows into a fresh buffer (~200 ms at 16k x 640 on a CPU), so a
+    call on a drafter reuses an idle one and only empties its context slots. A shortlist is held by one call at a
+    time. At most `max_idle` stay idle per head (each holds `slots x hidden` floats), newest options first; the
+    pool goes away with the module.
+    """
+
+    def __init__(self, max_idle: int = 4):
+        self.max_idle = max_idle
+        self._lock = threading.Lock()
+        self._idle: "weakref.WeakKeyDictionary[torch.nn.Module, collections.OrderedDict]" = weakref.WeakKeyDictionary()
+
+    def take(self, owner: torch.nn.Module, key) -> Shortlist | None:
+        with self._lock:
+            idle = self._idle.get(owner)
+            if not idle or not idle.get(key):
+                return None
+            idle.move_to_end(key)
+            return idle[key].pop()
+
+    def give(self, owner: torch.nn.Module, shortlist: Shortlist) -> None:
+        with self._lock:
+            idle = self._idle.setdefault(owner, collections.OrderedDict())
+            idle.setdefault(shortlist.pool_key, []).append(shortlist)
+            idle.move_to_end(shortlist.pool_key)
+            while sum(len(v) for v in idle.values()) > self.max_idle:  # drop the least recently used options first
+                oldest = next(iter(idle))
+                idle[oldest].pop(0)
+                if not idle[oldest]:
+                    del idle[oldest]
+
+
+_POOLS = _ShortlistPools()

@@ -179,3 +179,22 @@ def test_trainable_layers_limits_learning_to_the_last_layers(target):
     assert changed and all(".layers.1." in name for name in changed)  # the tiny target has 2 layers: 0 and 1
     with pytest.raises(ValueError, match="trainable_layers"):
         OnlineAlignmentConfig(trainable_layers=0)
+
+
+def test_a_seeded_learning_session_is_reproducible_with_the_default_verification_head(target):
+    """Learning amplifies rounding: teacher logits must not depend on the tuned head's timing trials (which pick a
+    matmul order by the clock), so a learning session verifies with the plain head. Two identical sessions in one
+    process, the first while the head's trials run and the second after they are decided, learn the same bits."""
+    from evospec_hf.ops.calibration import forget_loaded
+
+    forget_loaded()  # the head's choices for this shape are undecided again: the first session sees the trials
+    learned = []
+    for _ in range(2):
+        session = EvoSpecSession(noisy_copy(target, seed=3, scale=0.3), OnlineAlignmentConfig(**LEARN_FAST))
+        config = EvoSpecConfig(shortlist="context", shortlist_size=40, num_draft_tokens=4, draft_schedule="heuristic")
+        assert config.fast_verify_head
+        for seed in range(3):
+            generate(target, session, seed, config)
+        assert session.stats.updates > 5
+        learned.append(adapter(session))
+    assert same(*learned)

@@ -127,3 +127,30 @@ def test_unsupported_head_is_refused(target):
 def test_static_without_any_table_explains_both_ways(target, drafter):
     with pytest.raises(FileNotFoundError, match="static_shortlist_path.*build_static_shortlist"):
         target.generate(PROMPT, max_new_tokens=3, assistant_model=drafter, evospec_config=EvoSpecConfig(shortlist="static", shortlist_size=10))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        pytest.param({"evospec_stats": {}}, "`evospec_stats` must be a DraftStats", id="stats-dict"),
+        pytest.param({"evospec_session": "abc"}, "`evospec_session` must be an EvoSpecSession", id="session-str"),
+    ],
+)
+def test_arguments_of_the_wrong_kind_are_named(target, drafter, kwargs, match):
+    with pytest.raises(TypeError, match=match):
+        target.generate(PROMPT, max_new_tokens=3, assistant_model=drafter, evospec_config=EvoSpecConfig(), **kwargs)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("shortlist", "statc"), ("num_draft_tokens", 0), ("lookup_tokens", -3), ("draft_schedule", "fast")],
+)
+def test_a_config_changed_after_construction_is_checked_when_generate_starts(target, drafter, field, value):
+    config = EvoSpecConfig()
+    setattr(config, field, value)
+    with pytest.raises(ValueError, match=f"`{field}`"):
+        target.generate(PROMPT, max_new_tokens=3, assistant_model=drafter, evospec_config=config)
+    with pytest.raises(ValueError, match=f"`{field}`"):  # the custom_generate path too
+        target.generate(
+            PROMPT, max_new_tokens=3, custom_generate=evospec_hf.custom_generate, drafter=drafter, evospec_config=config
+        )

@@ -9,18 +9,12 @@ from transformers import TextStreamer
 import evospec_hf
 from evospec_hf import DraftStats, EvoSpecConfig
 
-from ..conftest import ARCHITECTURES, EOS, VOCAB_SIZE, noisy_copy
+from ..conftest import ARCHITECTURES, EOS, VOCAB_SIZE, centroid_router, noisy_copy
 
 MODES = ["full", "static", "context", "static+context", "router", "router+context", "evospec"]
 
 
-@pytest.fixture(autouse=True)
-def _router(router_folder):
-    global ROUTER_FOLDER
-    ROUTER_FOLDER = router_folder
-
-
-def config_for(mode, static_table_path, **overrides):
+def config_for(mode, static_table_path, router=None, **overrides):
     # the 'heuristic' schedule: draft lengths that do not depend on timings, so the counts below are reproducible
     # ('cost', the default, is tested by `test_cost_schedule_equals_plain_greedy`)
     kwargs = dict(
@@ -30,17 +24,19 @@ def config_for(mode, static_table_path, **overrides):
     if "static" in mode:
         kwargs["static_shortlist_path"] = static_table_path
     if "router" in mode or mode == "evospec":
-        kwargs["router_path"] = ROUTER_FOLDER
+        kwargs["router_path"] = router
     kwargs.update(overrides)
     return EvoSpecConfig(**kwargs)
 
 
 @pytest.fixture(scope="module", params=list(ARCHITECTURES))
-def pair(request):
-    """(target, drafters): a noisy copy of the target (high, imperfect agreement) and an unrelated 1-layer model."""
+def pair(request, tmp_path_factory):
+    """(name, target, drafters, router folder): a noisy copy of the target (high, imperfect agreement) and an
+    unrelated 1-layer model; a router made for the target's head (`centroid_router`), so routed drafts can land."""
     build = ARCHITECTURES[request.param]
     target = build(seed=0)
-    return request.param, target, {"noisy-copy": noisy_copy(target, seed=1), "unrelated": build(seed=2, layers=1)}
+    drafters = {"noisy-copy": noisy_copy(target, seed=1), "unrelated": build(seed=2, layers=1)}
+    return request.param, target, drafters, centroid_router(target, tmp_path_factory.mktemp(f"router-{request.param}"))
 
 
 def prompt(seed, length=12):
@@ -48,10 +44,13 @@ def prompt(seed, length=12):
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("drafter_kind", ["noisy-copy", "unrelated"])
-def test_greedy_equals_plain_greedy(pair, mode, drafter_kind, static_table_path):
-    _, target, drafters = pair
-    config = config_for(mode, static_table_path)
+@pytest.mark.parametrize(
+    "drafter_kind, lookup_tokens",
+    [("noisy-copy", 10), pytest.param("noisy-copy", 0, id="noisy-copy-no-lookup"), ("unrelated", 10)],
+)
+def test_greedy_equals_plain_greedy(pair, mode, drafter_kind, lookup_tokens, static_table_path):
+    _, target, drafters, router = pair
+    config = config_for(mode, static_table_path, router, lookup_tokens=lookup_tokens)
     stats = DraftStats()
     for seed in range(2):
         input_ids = prompt(seed)
@@ -62,16 +61,20 @@ def test_greedy_equals_plain_greedy(pair, mode, drafter_kind, static_table_path)
         )  # fmt: skip
         assert torch.equal(got, expected), f"{mode}/{drafter_kind} prompt {seed}"
     assert stats.rounds > 0 and stats.drafted > stats.rounds  # several tokens drafted per round
-    if drafter_kind == "noisy-copy" and mode == "full":
-        # a drafter that mostly agrees must get multi-token rounds accepted, or the test proves little
-        assert stats.mean_accepted_length > 2.0, stats
+    if drafter_kind == "noisy-copy":
+        # the drafter itself (not only the context lookup) must get drafts accepted, or the test proves little
+        assert stats.drafter_accepted > 0, stats
+        if mode == "full":
+            assert stats.mean_accepted_length > 2.0, stats
+    if lookup_tokens == 0:
+        assert stats.lookup_rounds == 0
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_cost_schedule_equals_plain_greedy(pair, mode, static_table_path):
     """The default schedule picks lengths from measured timings: whatever it picks, the output is plain greedy's."""
-    _, target, drafters = pair
-    config = config_for(mode, static_table_path, draft_schedule="cost", max_draft_tokens=8)
+    _, target, drafters, router = pair
+    config = config_for(mode, static_table_path, router, draft_schedule="cost", max_draft_tokens=8)
     stats = DraftStats()
     for seed in range(3):
         input_ids = prompt(20 + seed)
@@ -81,15 +84,15 @@ def test_cost_schedule_equals_plain_greedy(pair, mode, static_table_path):
             evospec_config=config, evospec_stats=stats,
         )  # fmt: skip
         assert torch.equal(got, expected), f"{mode} prompt {seed}"
-    assert stats.rounds > 0 and stats.accepted > 0
+    assert stats.rounds > 0 and stats.drafter_accepted > 0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the compiled Triton head)")
 @pytest.mark.parametrize("mode", MODES)
 def test_greedy_on_cuda_with_the_triton_head(pair, mode, static_table_path):
-    _, target, drafters = pair
+    _, target, drafters, router = pair
     target, drafter = copy.deepcopy(target).cuda(), copy.deepcopy(drafters["noisy-copy"]).cuda()
-    config = config_for(mode, static_table_path, head_backend="triton")
+    config = config_for(mode, static_table_path, router, head_backend="triton")
     stats = DraftStats()
     for seed in range(2):
         input_ids = prompt(seed).cuda()
@@ -104,19 +107,19 @@ def test_greedy_on_cuda_with_the_triton_head(pair, mode, static_table_path):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_custom_generate_path_equals_plain_greedy(pair, mode, static_table_path):
-    _, target, drafters = pair
+    _, target, drafters, router = pair
     input_ids = prompt(5)
     expected = target.generate(input_ids, max_new_tokens=20, do_sample=False)
     got = target.generate(
         input_ids, max_new_tokens=20, do_sample=False,
         custom_generate=evospec_hf.custom_generate, drafter=drafters["noisy-copy"],
-        evospec_config=config_for(mode, static_table_path),
+        evospec_config=config_for(mode, static_table_path, router),
     )  # fmt: skip
     assert torch.equal(got, expected)
 
 
 def test_custom_generate_path_works_without_the_hook(pair, static_table_path):
-    _, target, drafters = pair
+    _, target, drafters, router = pair
     input_ids = prompt(6)
     expected = target.generate(input_ids, max_new_tokens=12, do_sample=False)
     evospec_hf.uninstall()
@@ -125,7 +128,7 @@ def test_custom_generate_path_works_without_the_hook(pair, static_table_path):
             target.generate(input_ids, max_new_tokens=4, assistant_model=drafters["noisy-copy"], evospec_config=EvoSpecConfig())
         got = target.generate(
             input_ids, max_new_tokens=12, do_sample=False, custom_generate=evospec_hf.custom_generate,
-            drafter=drafters["noisy-copy"], evospec_config=config_for("context", static_table_path),
+            drafter=drafters["noisy-copy"], evospec_config=config_for("context", static_table_path, router),
         )  # fmt: skip
     finally:
         evospec_hf.install()
@@ -134,9 +137,9 @@ def test_custom_generate_path_works_without_the_hook(pair, static_table_path):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_edge_cases(pair, mode, static_table_path):
-    _, target, drafters = pair
+    _, target, drafters, router = pair
     drafter = drafters["noisy-copy"]
-    config = config_for(mode, static_table_path)
+    config = config_for(mode, static_table_path, router)
     input_ids = prompt(7)
 
     def both(**kwargs):
@@ -157,7 +160,7 @@ def test_edge_cases(pair, mode, static_table_path):
 
 
 def test_streamer_receives_exactly_the_generated_tokens(pair, static_table_path):
-    _, target, drafters = pair
+    _, target, drafters, router = pair
 
     class Collect(TextStreamer):
         def __init__(self):
@@ -174,7 +177,7 @@ def test_streamer_receives_exactly_the_generated_tokens(pair, static_table_path)
     expected = target.generate(input_ids, max_new_tokens=15, do_sample=False, streamer=plain_streamer)
     got = target.generate(
         input_ids, max_new_tokens=15, do_sample=False, streamer=evo_streamer,
-        assistant_model=drafters["noisy-copy"], evospec_config=config_for("static+context", static_table_path),
+        assistant_model=drafters["noisy-copy"], evospec_config=config_for("static+context", static_table_path, router),
     )  # fmt: skip
     assert torch.equal(got, expected)
     assert evo_streamer.ended
@@ -184,7 +187,7 @@ def test_streamer_receives_exactly_the_generated_tokens(pair, static_table_path)
 
 def test_generation_without_evospec_config_is_untouched(pair):
     """A call without `evospec_config` runs transformers' own code: HF assisted generation still uses HF's drafter."""
-    _, target, drafters = pair
+    _, target, drafters, router = pair
     input_ids = prompt(9)
     drafter = drafters["noisy-copy"]
     calls = []
@@ -202,11 +205,11 @@ def test_generation_without_evospec_config_is_untouched(pair):
 
 
 def test_return_dict_outputs_match(pair, static_table_path):
-    _, target, drafters = pair
+    _, target, drafters, router = pair
     input_ids = prompt(10)
     kwargs = dict(max_new_tokens=10, do_sample=False, return_dict_in_generate=True, output_scores=True)
     expected = target.generate(input_ids, **kwargs)
-    got = target.generate(input_ids, assistant_model=drafters["noisy-copy"], evospec_config=config_for("context", static_table_path), **kwargs)
+    got = target.generate(input_ids, assistant_model=drafters["noisy-copy"], evospec_config=config_for("context", static_table_path, router), **kwargs)
     assert torch.equal(got.sequences, expected.sequences)
     assert len(got.scores) == len(expected.scores) == 10
     for a, b in zip(got.scores, expected.scores):
@@ -229,3 +232,37 @@ def test_the_literal_user_contract(tmp_path, static_table_path):
                          evospec_config=EvoSpecConfig(shortlist="static", shortlist_size=64),
                          max_new_tokens=32)  # fmt: skip
     assert torch.equal(out, model.generate(**inputs, max_new_tokens=32))
+
+
+def test_uninstall_keeps_a_wrapper_installed_after_ours(pair):
+    """Another library wraps `generate` after evospec_hf: `uninstall()` must not remove its wrapper with ours."""
+    import functools
+
+    from transformers import GenerationMixin
+
+    _, target, drafters, _ = pair
+    ours, seen = GenerationMixin.generate, []
+
+    @functools.wraps(ours)
+    def theirs(self, *args, **kwargs):
+        seen.append(1)
+        return ours(self, *args, **kwargs)
+
+    GenerationMixin.generate = theirs
+    try:
+        evospec_hf.uninstall()
+        assert GenerationMixin.generate is theirs  # still in place
+        expected = target.generate(prompt(12), max_new_tokens=6, do_sample=False)
+        assert seen  # their wrapper still runs, and ours now passes plain calls straight through
+        with pytest.raises(ValueError, match="uninstall"):
+            target.generate(prompt(12), max_new_tokens=6, assistant_model=drafters["noisy-copy"], evospec_config=EvoSpecConfig())
+        evospec_hf.install()  # ours is beneath theirs: it is enabled again, not wrapped a second time
+        assert GenerationMixin.generate is theirs
+        got = target.generate(
+            prompt(12), max_new_tokens=6, do_sample=False, assistant_model=drafters["noisy-copy"],
+            evospec_config=EvoSpecConfig(),
+        )  # fmt: skip
+        assert torch.equal(got, expected)
+    finally:
+        GenerationMixin.generate = ours
+        evospec_hf.install()

@@ -43,6 +43,10 @@ def test_folder_layout(checkpoint):
     assert str(folder.resolve()) in (folder / "custom_generate" / "generate.py").read_text()
     config = json.loads((folder / "evospec_drafter.json").read_text())
     assert config["num_layers"] == 1 and config["vocab_size"] == VOCAB_SIZE
+    # what the drafter was built from: the 3-layer target, not the 1-layer drafter
+    assert config["version"] == 2 and config["target_architecture"] == {
+        "model_class": "LlamaForCausalLM", "model_type": "llama", "hidden_size": 32, "num_hidden_layers": 3,
+    }  # fmt: skip
 
 
 def test_loaded_drafter_equals_the_saved_one(target, checkpoint):

@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 import torch
@@ -31,6 +32,12 @@ def test_missing_file_says_how_to_build_one(tmp_path):
         FrequencyTable.load(tmp_path / "nope.json")
 
 
+def table_json(**changes) -> str:
+    """A valid table over 8 tokens (ids 1 and 3), with `changes` applied to its fields."""
+    table = {"format": "evospec-frequency-table", "version": 1, "vocab_size": 8, "token_ids": [1, 3], "counts": [2, 1]}
+    return json.dumps({**table, **changes})
+
+
 @pytest.mark.parametrize(
     "content",
     [
@@ -45,13 +52,30 @@ def test_missing_file_says_how_to_build_one(tmp_path):
             id="length-mismatch",
         ),
         pytest.param(json.dumps({"format": "evospec-frequency-table", "version": 1}), id="missing-keys"),
+        # valid JSON that is not an object
+        pytest.param("[]", id="json-list"),
+        pytest.param('"hello"', id="json-string"),
+        pytest.param("3", id="json-number"),
+        # numbers that torch.tensor(..., dtype=long) would silently truncate or convert
+        pytest.param(table_json(token_ids=[1, 3.7]), id="float-id"),
+        pytest.param(table_json(token_ids=[1, 3.0]), id="integral-float-id"),
+        pytest.param(table_json(counts=[2, 1.5]), id="float-count"),
+        pytest.param(table_json(token_ids=[True, 3]), id="bool-id"),
+        pytest.param(table_json(vocab_size=8.5), id="float-vocab-size"),
     ],
 )
 def test_corrupt_file_raises_naming_the_file(tmp_path, content):
     path = tmp_path / "bad.json"
     path.write_text(content)
-    with pytest.raises(ValueError, match="corrupt"):
+    with pytest.raises(ValueError, match=re.escape(f"static shortlist file '{path}' is corrupt: ")):
         FrequencyTable.load(path)
+
+
+def test_integer_ids_still_load(tmp_path):
+    """The valid twin of the float-id cases above: the same table with integer ids loads."""
+    path = tmp_path / "good.json"
+    path.write_text(table_json())
+    assert FrequencyTable.load(path).token_ids.tolist() == [1, 3]
 
 
 def test_table_for_another_vocabulary_is_refused(tmp_path):

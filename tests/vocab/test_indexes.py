@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from evospec_hf import EvoSpecConfig, evospec_drafting
+from evospec_hf import EvoSpecConfig, EvoSpecSession, evospec_drafting
 from evospec_hf.vocab import indexes
 from evospec_hf.vocab.indexes import ContextRetrieval, NGramIndex, SemanticIndex
 
@@ -102,23 +102,6 @@ def router_only_folder(tmp_path):
     return tmp_path
 
 
-class FakeSession:
-    """The part of `EvoSpecSession` the shortlist uses: a statistical index kept across calls."""
-
-    def __init__(self):
-        self.index = None
-
-    def statistical_index(self, order):
-        self.index = self.index or NGramIndex(order)
-        return self.index
-
-    def attach(self, *args, **kwargs):
-        return None  # no online learning
-
-    def detach(self, *args, **kwargs):
-        pass
-
-
 def test_generator_observes_semantic_neighbours_built_in_memory(router_only_folder, caplog):
     target = tiny_llama(seed=0)
     drafter = noisy_copy(target, seed=1)
@@ -131,14 +114,14 @@ def test_generator_observes_semantic_neighbours_built_in_memory(router_only_fold
         semantic_neighbors=1, ngram_continuations=2, num_draft_tokens=2,
     )  # fmt: skip
     expected = target.generate(input_ids, max_new_tokens=6, do_sample=False)
-    session = FakeSession()
+    session = EvoSpecSession(drafter, online=False)  # keeps the statistical index across calls, learns nothing
     with caplog.at_level(logging.WARNING, logger=indexes.__name__):
         with evospec_drafting(target, config, session=session) as drafting:
-            out = target.generate(input_ids, max_new_tokens=6, do_sample=False, assistant_model=drafter)
+            out = target.generate(input_ids, max_new_tokens=6, do_sample=False, assistant_model=session.drafter)
     assert torch.equal(out, expected)
     assert planted not in out[0].tolist()
-    assert drafting.generator.shortlist.contains(torch.tensor([planted])).item()
+    assert drafting.generator.drafter.vocabulary.shortlist.contains(torch.tensor([planted])).item()
     assert "built the semantic index of 96 tokens in memory" in caplog.text
     # the session's statistical index saw the whole text, and keeps it after the call
-    follows = session.index.continuations([prompt_token], limit=1).tolist()
+    follows = session.statistical_index(config.ngram_order).continuations([prompt_token], limit=1).tolist()
     assert follows == [7]

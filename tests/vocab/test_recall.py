@@ -23,14 +23,13 @@ def test_context_recall_counts_tokens_seen_before_the_round():
     assert simulate_recall(config, drafter, ids, truth, hidden, always, round_len=8) == (3, 8)
 
 
-def test_batched_router_hits_match_select():
+def test_batched_router_membership_matches_select():
     from evospec_hf.vocab.clusters import TokenClusters
-    from evospec_hf.vocab.recall import routed_hits
     from evospec_hf.vocab.router import ClusterRouter, RoutedHead
 
     torch.manual_seed(0)
     clusters = TokenClusters.from_assignment(torch.arange(96) % 12)
-    routed = RoutedHead(ClusterRouter(32, 12), clusters, torch.randn(96, 32), None, budget=20)
+    routed = RoutedHead(ClusterRouter(32, 12), clusters, torch.randn(96, 32), None)
     hidden, truth = torch.randn(50, 32), torch.randint(0, 96, (50,))
-    expected = [int(clusters.cluster_of[truth[t]]) in routed.select(hidden[t : t + 1]) for t in range(50)]
-    assert routed_hits(routed, hidden, truth).tolist() == expected and any(expected) and not all(expected)
+    expected = [int(clusters.cluster_of[truth[t]]) in routed.select(hidden[t : t + 1], 20) for t in range(50)]
+    assert routed.holds(hidden, truth, 20).tolist() == expected and any(expected) and not all(expected)

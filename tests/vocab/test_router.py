@@ -42,9 +42,9 @@ def test_routed_head_reads_the_selected_clusters_within_budget():
     weight, bias = torch.randn(60, 8, generator=gen), torch.randn(60, generator=gen)
     clusters = TokenClusters.from_assignment(torch.arange(60) % 6)  # 6 clusters of 10
     router = ClusterRouter(8, 6, inner_size=4)
-    head = RoutedHead(router, clusters, weight, bias, budget=25)
+    head = RoutedHead(router, clusters, weight, bias)
     hidden = torch.randn(1, 8, generator=gen)
-    chosen = head.select(hidden)
+    chosen = head.select(hidden, budget=25)
     assert len(chosen) == 2  # 10 + 10 fit in 25 tokens, a third cluster would not
     assert chosen[0] == int(router(hidden).argmax())
     ids, logits = head.logits(hidden, chosen)

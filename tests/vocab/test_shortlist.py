@@ -3,7 +3,7 @@ import torch
 
 from evospec_hf import EvoSpecConfig, FrequencyTable
 from evospec_hf.ops import sparse_lm_head_reference
-from evospec_hf.vocab import Shortlist, build_shortlist
+from evospec_hf.vocab import Shortlist, build_shortlist, release_shortlist
 
 
 def make(size=6, fixed=(0, 1), context_slots=4, vocab=50, bias=False):
@@ -95,26 +95,32 @@ def test_shortlist_larger_than_vocabulary_is_refused():
         build_shortlist(EvoSpecConfig(shortlist="context", shortlist_size=100), torch.randn(96, 8), None, torch.tensor([2]), "torch")
 
 
-def test_shortlist_is_reused_across_calls_with_context_reset(static_table_path):
+def test_shortlists_are_pooled_per_head_one_call_at_a_time(static_table_path):
     head = torch.nn.Linear(8, 96, bias=False)
     config = EvoSpecConfig(shortlist="static+context", shortlist_size=20, context_slots=5)
     table = FrequencyTable.load(static_table_path)
 
     def build(cfg=config):
-        return build_shortlist(cfg, head.weight.detach(), None, torch.tensor([2]), "torch", table, cache_owner=head)
+        return build_shortlist(cfg, head.weight.detach(), None, torch.tensor([2]), "torch", table, pool_owner=head)
 
     first = build()
     fixed = first.token_ids.clone()
     first.observe(torch.tensor([90, 91, 92]))
+    concurrent = build()  # a second call while the first holds its shortlist: its own slots
+    assert concurrent is not first and torch.equal(concurrent.token_ids, fixed)
+    release_shortlist(head, first)
+    release_shortlist(head, concurrent)
     second = build()
-    assert second is first and torch.equal(second.token_ids, fixed)  # context slots emptied, fixed part kept
+    assert second in (first, concurrent) and torch.equal(second.token_ids, fixed)  # context emptied, fixed part kept
     assert not second.contains(torch.tensor([90, 91, 92])).any()
     assert_consistent(second)
-    assert build(EvoSpecConfig(shortlist="context", shortlist_size=20)) is not first  # other options: rebuilt
+    release_shortlist(head, second)
+    other = build(EvoSpecConfig(shortlist="context", shortlist_size=20))  # other options: built anew
+    assert other not in (first, concurrent)
     with torch.no_grad():
         head.weight[fixed[1]] += 1.0  # the weights changed in place (e.g. training): packed rows must follow
     rebuilt = build()
-    assert rebuilt is not first
+    assert rebuilt not in (first, concurrent)
     assert_consistent(rebuilt)
 
 
