@@ -1,6 +1,7 @@
 """Shared fixtures: tiny seeded models built from configs (never downloaded)."""
 
 import os
+import threading
 
 import torch
 
@@ -70,6 +71,30 @@ def noisy_copy(model, seed: int, scale: float = 0.02):
 
 
 ARCHITECTURES = {"llama": tiny_llama, "gemma3": tiny_gemma3, "gpt2": tiny_gpt2}
+
+
+def run_together(calls: list, timeout: float = 300) -> list:
+    """Runs the callables in threads released at once by a barrier; returns their results, re-raising the first
+    error (with its traceback) and failing if a thread hangs."""
+    barrier = threading.Barrier(len(calls))
+    results, errors = [None] * len(calls), []
+
+    def work(i):
+        try:
+            barrier.wait(timeout)
+            results[i] = calls[i]()
+        except BaseException as err:  # noqa: BLE001 - re-raised below
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    assert not any(thread.is_alive() for thread in threads), "a thread hangs"
+    if errors:
+        raise errors[0]
+    return results
 
 
 def tiny_from_config(config_class, model_class, seed: int, **fields):

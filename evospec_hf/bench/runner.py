@@ -7,7 +7,8 @@ import time
 
 import torch
 
-from ..generation import DraftStats
+from ..config import EvoSpecConfig
+from ..generation import DraftStats, calibrate
 
 
 class MismatchError(RuntimeError):
@@ -29,8 +30,9 @@ def run_benchmark(target, prompts: list[dict], methods: list, max_new_tokens: in
         methods: `Method`s (`evospec_hf.bench.methods.build_methods`); one must be called "target".
         max_new_tokens: tokens generated per prompt (no early stop is forced: EOS still ends a generation).
         repeats: timed generations per (prompt, method).
-        warmup: first run every method once on the first prompt for 8 tokens, untimed (first-call setup: shortlist
-            tables, semantic index, kernels).
+        warmup: first calibrate the target's verification costs on this machine (`evospec_hf.calibrate`: once per
+            machine and model shape, then read from the calibration cache), then run every method once on the
+            first prompt for 8 tokens, untimed (first-call setup: shortlist tables, semantic index, kernels).
 
     Returns:
         `{"prompts": [...per-prompt figures...], "aggregate": {method: {"all": {...}, "by_domain": {...}}}}`; see
@@ -46,6 +48,9 @@ def run_benchmark(target, prompts: list[dict], methods: list, max_new_tokens: in
     counter = _ForwardCounter(target)
     try:
         if warmup:
+            if any(method.drafts for method in methods):
+                defaults = EvoSpecConfig()  # the longest rounds the methods draft by default
+                calibrate(target, max(defaults.max_draft_tokens, defaults.lookup_tokens), progress=progress)
             for method in tqdm(methods, desc="warm-up", disable=not progress, leave=False):
                 _generate(target, method, prompts[0]["input_ids"], min(8, max_new_tokens), counter)
         runs = {(p["id"], m.name): [] for p in prompts for m in methods}

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 import time
 import weakref
 from collections import Counter
@@ -245,13 +246,20 @@ class ContextRetrieval:
         return torch.cat([f.to(sequence.device) for f in found])
 
 
-# per drafter LM-head module: a table built in memory (when the router folder has none), reused across calls
+# per drafter LM-head module: a table built in memory (when the router folder has none), reused across calls. The
+# lock keeps two threads starting on one drafter from building it twice (minutes for a 262k vocabulary).
 _SEMANTIC_CACHE: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
+_SEMANTIC_LOCK = threading.Lock()
 
 
 def load_semantic_index(folder: str, lm_head: torch.nn.Module, k: int) -> SemanticIndex:
     """The semantic table for `shortlist="evospec"`: `<folder>/evospec_semantic.safetensors` when it exists and has
     at least `k` columns, else one built in memory from the LM head (once per head module and weights)."""
+    with _SEMANTIC_LOCK:
+        return _load_semantic_index(folder, lm_head, k)
+
+
+def _load_semantic_index(folder: str, lm_head: torch.nn.Module, k: int) -> SemanticIndex:
     weight = lm_head.weight.detach()
     path = os.path.join(folder, SEMANTIC_NAME) if folder else ""
     if path and os.path.isfile(path):

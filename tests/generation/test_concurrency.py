@@ -6,14 +6,12 @@ statistics (what was drafted and accepted, round by round) must equal the lone r
 calls shared drafting state (context slots, KV cache, draft lengths) or saw each other's weights.
 """
 
-import threading
-
 import pytest
 import torch
 
 from evospec_hf import DraftStats, EvoSpecConfig, EvoSpecSession, OnlineAlignmentConfig
 
-from ..conftest import VOCAB_SIZE, noisy_copy, tiny_llama
+from ..conftest import VOCAB_SIZE, noisy_copy, run_together, tiny_llama
 
 THREADS, REPEATS = 4, 5
 # draft lengths that do not depend on timings, and the plain head (whose timing trials could round differently):
@@ -24,29 +22,6 @@ LEARN_FAST = dict(update_every=1, batch_size=2, window=16, lr=1e-2, curriculum_s
 
 def prompt(seed, length=10):
     return torch.randint(3, VOCAB_SIZE, (1, length), generator=torch.Generator().manual_seed(seed))
-
-
-def run_together(calls: list) -> list:
-    """Runs the callables in threads released at once by a barrier; returns their results (re-raises any error)."""
-    barrier = threading.Barrier(len(calls))
-    results, errors = [None] * len(calls), []
-
-    def work(i):
-        try:
-            barrier.wait()
-            results[i] = calls[i]()
-        except BaseException as err:  # noqa: BLE001 - reported below with its traceback
-            errors.append(err)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(calls))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=300)
-    assert not any(thread.is_alive() for thread in threads), "a thread hangs"
-    if errors:
-        raise errors[0]
-    return results
 
 
 def lora(model) -> dict:

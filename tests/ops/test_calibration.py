@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ import torch
 
 from evospec_hf.ops import calibration
 from evospec_hf.ops.calibration import forget_loaded, machine_costs, save_machine_costs
-from tests.conftest import tiny_gpt2, tiny_llama
+from tests.conftest import run_together, tiny_gpt2, tiny_llama
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -173,25 +172,15 @@ def test_keys_must_be_ints_or_strings():
 
 def test_threads_share_tables_and_saves_stay_valid(cache_dir):
     model = tiny_llama(seed=0)
-    tables, errors = [], []
-    start = threading.Barrier(8)
 
     def worker(i):
-        try:
-            start.wait(30)
-            costs = machine_costs(model, "verify_seconds")
-            tables.append(costs)
-            for j in range(20):
-                costs[i * 100 + j] = float(j)
-                save_machine_costs()
-        except Exception as error:  # noqa: BLE001 (reported below)
-            errors.append(error)
+        costs = machine_costs(model, "verify_seconds")
+        for j in range(20):
+            costs[i * 100 + j] = float(j)
+            save_machine_costs()
+        return costs
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors and all(t is tables[0] for t in tables)
+    tables = run_together([lambda i=i: worker(i) for i in range(8)], timeout=60)
+    assert all(t is tables[0] for t in tables)
     forget_loaded()
     assert machine_costs(model, "verify_seconds") == {i * 100 + j: float(j) for i in range(8) for j in range(20)}

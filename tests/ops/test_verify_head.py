@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from evospec_hf.models.drafter import drafter_from_target
 from evospec_hf.ops import calibration
 from evospec_hf.ops.verify_head import VerifyHead, columns_linear, columns_verify_head
-from tests.conftest import tiny_gpt2, tiny_llama
+from tests.conftest import run_together, tiny_gpt2, tiny_llama
 
 
 @pytest.fixture(autouse=True)
@@ -221,24 +221,14 @@ def test_concurrent_verification_on_one_target():
     gen = torch.Generator().manual_seed(0)
     prompts = [torch.randint(3, 96, (1, 6 + i), generator=gen) for i in range(4)]
     expected = [model(input_ids=p).logits for p in prompts]
-    results, errors = {}, []
-    start = threading.Barrier(4)
 
     def worker(i):
-        try:
-            with columns_verify_head(model):
-                start.wait(30)
-                for _ in range(5):
-                    results[i] = model(input_ids=prompts[i]).logits
-        except Exception as error:  # noqa: BLE001 (reported below)
-            errors.append(error)
+        with columns_verify_head(model):
+            for _ in range(5):
+                logits = model(input_ids=prompts[i]).logits
+        return logits
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors
+    results = run_together([lambda i=i: worker(i) for i in range(4)], timeout=60)
     for i in range(4):
         torch.testing.assert_close(results[i], expected[i], rtol=0, atol=1e-5)
     assert _untouched(model)
