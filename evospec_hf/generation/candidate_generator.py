@@ -28,7 +28,7 @@ from .rounds import Draft, RoundResult
 from .schedule import draft_length_rule
 from .stats import DraftStats
 from .stopping import StopCheck
-from .token_drafter import TokenDrafter
+from .token_drafter import TokenDrafter, check_drafter_head
 
 
 class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
@@ -83,38 +83,37 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
         # as transformers' own drafting: no min-length processor on drafts (the target still decides every token)
         processors = [p for p in (logits_processor or []) if not isinstance(p, MinLengthLogitsProcessor)]
 
+        check_drafter_head(assistant_model)  # before anything is taken from a session or a pool
+        head = assistant_model.get_output_embeddings()
         learner = None
+        if session is not None:
+            learner = session.attach(
+                assistant_model, head.weight.detach(), _bias(head), logit_softcap(assistant_model)
+            )
         try:
-            head = assistant_model.get_output_embeddings()
-            if session is not None:
-                learner = session.attach(assistant_model, head.weight.detach(), _bias(head), logit_softcap(assistant_model))
-            ngram = None
+            ngram = None  # shortlist="evospec": a session keeps its n-gram counts across calls
             if session is not None and evospec_config.uses_retrieval:
                 ngram = session.statistical_index(evospec_config.ngram_order)
-            vocabulary = DraftVocabulary.build(
-                evospec_config, assistant_model, _always_in(generation_config),
-                backend=resolve_head_backend(evospec_config.head_backend, head.weight.device), ngram=ngram,
-            )  # fmt: skip
-            if evospec_config.lookup_tokens > 0:
-                self.sources.append(LookupSource(evospec_config.lookup_max_ngram, evospec_config.lookup_min_ngram))
-            weights_version = None
-            if learner is not None and learner.config.refresh_cache:
-                weights_version = lambda: learner.weights_version  # noqa: E731
-            try:
-                do_sample = bool(generation_config.do_sample)
-                # greedy verification compares tokens only, unless an ensemble weight mixes in the drafter's q
-                needs_logits = do_sample or generation_config.assistant_ensemble_weight is not None
-                self.drafter = TokenDrafter(
-                    assistant_model, vocabulary, LogitsProcessorList(processors), do_sample,
-                    evospec_config.confidence_threshold, weights_version, needs_logits,
-                )  # fmt: skip
-            except BaseException:
-                vocabulary.close()
-                raise
-            self.sources.append(self.drafter)
+            backend = resolve_head_backend(evospec_config.head_backend, head.weight.device)
+            always_in = _always_in(generation_config)
+            vocabulary = DraftVocabulary.build(evospec_config, assistant_model, always_in, backend, ngram)
         except BaseException:
-            self.close()
+            self.close()  # hands the session's adapter back
             raise
+        if evospec_config.lookup_tokens > 0:
+            self.sources.append(LookupSource(evospec_config.lookup_max_ngram, evospec_config.lookup_min_ngram))
+        do_sample = bool(generation_config.do_sample)
+        self.drafter = TokenDrafter(
+            assistant_model, vocabulary, LogitsProcessorList(processors), do_sample,
+            confidence_threshold=evospec_config.confidence_threshold,
+            # a learner's update makes the drafter's KV cache stale (unless the session keeps it on purpose)
+            weights_version=(
+                (lambda: learner.weights_version) if learner is not None and learner.config.refresh_cache else None
+            ),
+            # greedy verification compares tokens only, unless an ensemble weight mixes in the drafter's q
+            needs_logits=do_sample or generation_config.assistant_ensemble_weight is not None,
+        )  # fmt: skip
+        self.sources.append(self.drafter)
         self.length = draft_length_rule(evospec_config, verify_seconds)
         self.stop = StopCheck(stopping_criteria)
         self.observers = [self.stats, self.length]

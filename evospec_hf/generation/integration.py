@@ -89,11 +89,14 @@ def evospec_drafting(
         if generation_config.num_beams > 1 or generation_config.num_return_sequences > 1:
             raise ValueError(
                 "evospec_hf supports num_beams=1 and num_return_sequences=1 only, got "
-                f"num_beams={generation_config.num_beams}, num_return_sequences={generation_config.num_return_sequences}."
+                f"num_beams={generation_config.num_beams}, "
+                f"num_return_sequences={generation_config.num_return_sequences}."
             )
         for name in ("prompt_lookup_num_tokens", "assistant_early_exit"):
             if getattr(generation_config, name, None) is not None:
-                raise ValueError(f"`{name}` selects another drafting strategy; it cannot be combined with `evospec_config`.")
+                raise ValueError(
+                    f"`{name}` selects another drafting strategy; it cannot be combined with `evospec_config`."
+                )
         criteria = prepared_criteria
         if criteria is None:  # the criteria `generate` built for this call: the same merge of config and user's
             criteria = model._get_stopping_criteria(
@@ -140,7 +143,9 @@ def check_arguments(evospec_config, stats, session) -> None:
     if stats is not None and not isinstance(stats, DraftStats):
         raise TypeError(f"`evospec_stats` must be a DraftStats (or None), got {type(stats).__name__}: {stats!r}.")
     if session is not None and not isinstance(session, EvoSpecSession):
-        raise TypeError(f"`evospec_session` must be an EvoSpecSession (or None), got {type(session).__name__}: {session!r}.")
+        raise TypeError(
+            f"`evospec_session` must be an EvoSpecSession (or None), got {type(session).__name__}: {session!r}."
+        )
 
 
 # -- routing transformers' `_get_candidate_generator` to the calling thread's evospec_hf block ----------------------

@@ -1,4 +1,4 @@
-"""Context lookup, a candidate source: drafts copied from the sequence itself (prompt-lookup decoding), no drafter step.
+"""Context lookup, a candidate source: drafts copied from the sequence itself (prompt-lookup decoding), no drafter.
 
 Where the last `n` tokens of the sequence occurred before, the tokens that followed that occurrence are a cheap
 guess at what follows now. Code, legal boilerplate and chat that quotes its prompt repeat long spans, and there a

@@ -60,7 +60,10 @@ class Draft:
         if length >= len(self):
             return self
         logits = None if self.logits is None else self.logits[:, :length]
-        return Draft(self.source, self.tokens[:length], logits, self.steps[:length], self.vocabulary, self.seconds, self.head_seconds)
+        return Draft(
+            self.source, self.tokens[:length], logits, self.steps[:length], self.vocabulary, self.seconds,
+            self.head_seconds,
+        )  # fmt: skip
 
     def vocabulary_hits(self, targets: torch.Tensor) -> tuple[int, int]:
         """(checked, inside): of the verified positions that had a draft step, how many of the target's tokens

@@ -123,7 +123,11 @@ class CostAwareLength:
     """
 
     def __init__(
-        self, verify_seconds: dict | None = None, decay: float = 0.9, smoothing: float = 0.7, limits: dict | None = None
+        self,
+        verify_seconds: dict | None = None,
+        decay: float = 0.9,
+        smoothing: float = 0.7,
+        limits: dict | None = None,
     ):
         self.limits = limits or {}
         self.verify_seconds = {} if verify_seconds is None else verify_seconds

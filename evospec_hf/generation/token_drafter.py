@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, LogitsProcessorList
 
-from ..ops.softcap import softcap
+from ..ops.softcap import logit_softcap, softcap
 from ..utils import unwrap_peft
 from ..vocab import DraftVocabulary
 from ..vocab.shortlist import expand_to_vocab
@@ -62,7 +62,6 @@ class TokenDrafter:
         # greedy with no processors: argmax over the step's logits, nothing vocabulary-sized per token
         self.greedy_fast_path = not do_sample and len(logits_processor) == 0
         self.weights_version = weights_version
-        check_drafter_head(drafter, self.body, vocabulary)
         self.cache = self._new_cache()
         self._cache_weights = weights_version() if weights_version is not None else 0
 
@@ -118,7 +117,8 @@ class TokenDrafter:
             # the same columns all round (no router): one batched copy
             stacked = torch.stack([step.logits for step in steps], dim=1)
             return expand_to_vocab(first, stacked, self.vocabulary.vocab_size)
-        return torch.stack([expand_to_vocab(step.ids, step.logits, self.vocabulary.vocab_size) for step in steps], dim=1)
+        vocab_size = self.vocabulary.vocab_size
+        return torch.stack([expand_to_vocab(step.ids, step.logits, vocab_size) for step in steps], dim=1)
 
     def _rewind_cache(self, input_ids: torch.LongTensor) -> torch.LongTensor:
         """Drops the drafter's KV entries past the verified prefix; returns the tokens it has yet to read.
@@ -144,20 +144,21 @@ _CHECKED_HEADS: "weakref.WeakSet[torch.nn.Module]" = weakref.WeakSet()
 
 
 @torch.no_grad()
-def check_drafter_head(drafter, body, vocabulary: DraftVocabulary) -> None:
+def check_drafter_head(drafter) -> None:
     """Checks once per drafter that its LM head recomputed as evospec_hf does reproduces `drafter(x).logits`.
 
-    evospec_hf recomputes the LM head itself; an architecture that post-processes logits in a way it does not know
-    (e.g. a logit scale) would otherwise draft from the wrong distribution without any error.
+    evospec_hf recomputes the LM head itself (`DraftVocabulary`); an architecture that post-processes logits in a way
+    it does not know (e.g. a logit scale) would otherwise draft from the wrong distribution without any error.
     """
     model = unwrap_peft(drafter)
     if model in _CHECKED_HEADS:
         return
-    weight = vocabulary.weight
-    probe = torch.arange(1, 4, device=weight.device).clamp(max=weight.shape[0] - 1)[None, :]
+    head = drafter.get_output_embeddings()
+    bias = None if getattr(head, "bias", None) is None else head.bias
+    probe = torch.arange(1, 4, device=head.weight.device).clamp(max=head.weight.shape[0] - 1)[None, :]
     expected = drafter(input_ids=probe, use_cache=False).logits[0, -1].float()
-    hidden = body(input_ids=probe, use_cache=False).last_hidden_state[0, -1:]
-    logits = softcap(F.linear(hidden, weight, vocabulary.bias).float(), vocabulary.logit_cap)[0]
+    hidden = model.base_model(input_ids=probe, use_cache=False).last_hidden_state[0, -1:]
+    logits = softcap(F.linear(hidden, head.weight, bias).float(), logit_softcap(drafter))[0]
     relative = 1e-3 if hidden.dtype == torch.float32 else 5e-2  # half precision rounds differently
     tolerance = relative * (1.0 + expected.abs().max().item())
     if not torch.allclose(logits, expected, rtol=0, atol=tolerance):

@@ -17,7 +17,9 @@ THREADS, REPEATS = 4, 5
 # draft lengths that do not depend on timings, and the plain head (whose timing trials could round differently):
 # every run of a call is then the same, alone or not
 STEADY = dict(draft_schedule="heuristic", num_draft_tokens=3, fast_verify_head=False)
-LEARN_FAST = dict(update_every=1, batch_size=2, window=16, lr=1e-2, curriculum_start_rank=None, min_replay=1, warmup_updates=0)
+LEARN_FAST = dict(
+    update_every=1, batch_size=2, window=16, lr=1e-2, curriculum_start_rank=None, min_replay=1, warmup_updates=0
+)
 
 
 def prompt(seed, length=10):
@@ -68,7 +70,9 @@ def test_plain_generate_beside_evospec_calls_is_untouched(target):
     expected = target.generate(prompt(9), max_new_tokens=20, do_sample=False)
 
     def evospec():
-        return target.generate(prompt(9), max_new_tokens=20, do_sample=False, assistant_model=drafter, evospec_config=EvoSpecConfig())
+        return target.generate(
+            prompt(9), max_new_tokens=20, do_sample=False, assistant_model=drafter, evospec_config=EvoSpecConfig()
+        )
 
     def plain():
         return target.generate(prompt(9), max_new_tokens=20, do_sample=False)

@@ -152,5 +152,6 @@ def test_a_config_changed_after_construction_is_checked_when_generate_starts(tar
         target.generate(PROMPT, max_new_tokens=3, assistant_model=drafter, evospec_config=config)
     with pytest.raises(ValueError, match=f"`{field}`"):  # the custom_generate path too
         target.generate(
-            PROMPT, max_new_tokens=3, custom_generate=evospec_hf.custom_generate, drafter=drafter, evospec_config=config
-        )
+            PROMPT, max_new_tokens=3, custom_generate=evospec_hf.custom_generate, drafter=drafter,
+            evospec_config=config,
+        )  # fmt: skip

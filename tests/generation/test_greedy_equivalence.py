@@ -9,7 +9,7 @@ from transformers import TextStreamer
 import evospec_hf
 from evospec_hf import DraftStats, EvoSpecConfig
 
-from ..conftest import ARCHITECTURES, EOS, VOCAB_SIZE, centroid_router, noisy_copy
+from ..conftest import ARCHITECTURES, VOCAB_SIZE, centroid_router, noisy_copy
 
 MODES = ["full", "static", "context", "static+context", "router", "router+context", "evospec"]
 
@@ -255,7 +255,9 @@ def test_uninstall_keeps_a_wrapper_installed_after_ours(pair):
         expected = target.generate(prompt(12), max_new_tokens=6, do_sample=False)
         assert seen  # their wrapper still runs, and ours now passes plain calls straight through
         with pytest.raises(ValueError, match="uninstall"):
-            target.generate(prompt(12), max_new_tokens=6, assistant_model=drafters["noisy-copy"], evospec_config=EvoSpecConfig())
+            target.generate(
+                prompt(12), max_new_tokens=6, assistant_model=drafters["noisy-copy"], evospec_config=EvoSpecConfig()
+            )
         evospec_hf.install()  # ours is beneath theirs: it is enabled again, not wrapped a second time
         assert GenerationMixin.generate is theirs
         got = target.generate(

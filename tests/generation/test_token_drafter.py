@@ -38,7 +38,9 @@ def drafted(monkeypatch):
 
 @pytest.mark.parametrize("build", [tiny_llama, tiny_gemma3], ids=["llama", "gemma3"])
 @pytest.mark.parametrize("mode", MODES)
-def test_each_draft_is_the_argmax_over_exactly_the_step_vocabulary(drafted, build, mode, static_table_path, router_folder):
+def test_each_draft_is_the_argmax_over_exactly_the_step_vocabulary(
+    drafted, build, mode, static_table_path, router_folder
+):
     target, drafter = build(seed=0), build(seed=5, layers=1)  # an unrelated drafter: its own argmax is often outside
     config = EvoSpecConfig(
         shortlist=mode, shortlist_size=40, context_slots=12, static_shortlist_path=static_table_path,
