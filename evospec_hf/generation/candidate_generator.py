@@ -80,6 +80,7 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
         self.stats = stats if stats is not None else DraftStats()
         self.session = session
         self.sources = []
+        self._closed = False
         # as transformers' own drafting: no min-length processor on drafts (the target still decides every token)
         processors = [p for p in (logits_processor or []) if not isinstance(p, MinLengthLogitsProcessor)]
 
@@ -173,7 +174,10 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
 
     def close(self) -> None:
         """Called once the `generate` call is over: releases the sources' state and hands the session's adapter back
-        (finishing any update)."""
+        (finishing any update). Closing again does nothing."""
+        if self._closed:
+            return
+        self._closed = True
         try:
             for source in self.sources:
                 source.close()

@@ -72,8 +72,15 @@ def evospec_drafting(
     target_vocab_size = (
         target_head.weight.shape[0] if target_head is not None else model.config.get_text_config().vocab_size
     )
-    drafting = SimpleNamespace(generator=None)
-    cleanup = contextlib.ExitStack()
+    # the call's generator, and what it holds (the drafter's lock) until it is closed
+    drafting = SimpleNamespace(generator=None, holds=contextlib.ExitStack())
+
+    def finish_call():
+        try:
+            if drafting.generator is not None:
+                drafting.generator.close()
+        finally:
+            drafting.holds.close()
 
     def make_generator(
         generation_config, input_ids, inputs_tensor, logits_processor, model_kwargs,
@@ -104,8 +111,9 @@ def evospec_drafting(
                 stopping_criteria=stopping_criteria if stopping_criteria is not None else StoppingCriteriaList(),
                 tokenizer=target_tokenizer,
             )
+        finish_call()  # a second generate call inside one block: the first one is over
         lock = drafter_lock(assistant_model)
-        cleanup.enter_context(lock.exclusive() if session is not None else lock.shared())
+        drafting.holds.enter_context(lock.exclusive() if session is not None else lock.shared())
         drafting.generator = EvoSpecCandidateGenerator(
             input_ids=input_ids,
             assistant_model=assistant_model,
@@ -125,13 +133,12 @@ def evospec_drafting(
     # A seeded learning session is reproducible only if the teacher's logits are: the tuned head's timing trials
     # would pick each round's matmul order by the clock, and rounding differences grow through learning.
     tune_head = evospec_config.fast_verify_head and not (session is not None and session.online)
-    with cleanup, _candidate_generator_for(model, make_generator):
+    with _candidate_generator_for(model, make_generator):
         with columns_verify_head(model) if tune_head else contextlib.nullcontext():
             try:
                 yield drafting
             finally:
-                if drafting.generator is not None:
-                    drafting.generator.close()
+                finish_call()
                 save_machine_costs()
 
 

@@ -124,3 +124,28 @@ def test_logits_processor_composes_with_user_processors():
     new = out[0, 3:]
     assert torch.isin(new, allowed).all()
     assert new.unique().numel() > 1  # the user's repetition processors still act within the shortlist
+
+
+def test_two_calls_inside_one_block_each_finish_before_the_next(static_table_path):
+    """`evospec_drafting` used by hand around two generate calls (with a session): the first call's generator is
+    closed (adapter handed back, shortlist back in the pool, exactly once) before the second one starts."""
+    from evospec_hf import EvoSpecSession, evospec_drafting
+    from evospec_hf.vocab.shortlist import _POOLS
+
+    target = tiny_llama(seed=0)
+    session = EvoSpecSession(noisy_copy(target, seed=1))
+    config = EvoSpecConfig(
+        shortlist="static+context", shortlist_size=30, context_slots=10, static_shortlist_path=static_table_path
+    )
+    input_ids = torch.tensor([[4, 5, 6, 7]])
+    expected = target.generate(input_ids, max_new_tokens=10, do_sample=False)
+    outs, generators = [], []
+    with evospec_drafting(target, config, session=session) as drafting:
+        for _ in range(2):
+            outs.append(target.generate(input_ids, max_new_tokens=10, do_sample=False, assistant_model=session.drafter))
+            generators.append(drafting.generator)
+    assert all(torch.equal(out, expected) for out in outs) and generators[0] is not generators[1]
+    assert session._outside is None  # detached
+    generators[1].close()  # closing again gives nothing back twice
+    idle = [s for shortlists in _POOLS._idle[session.drafter.get_output_embeddings()].values() for s in shortlists]
+    assert idle and len({id(s) for s in idle}) == len(idle)  # each shortlist given back once
