@@ -86,7 +86,9 @@ def agreement(target, drafter, chunks) -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--target", default="gemma-3-270m")
+    parser.add_argument("--kind", choices=("token", "feature"), default="token",
+                        help="token: the target's first layers reading tokens; feature: EAGLE-style (see above)")
+    parser.add_argument("--target", default="gemma-3-270m", help="a known target name, or a local model folder")
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--out", required=True)
     parser.add_argument("--seq-len", type=int, default=256)
@@ -101,9 +103,27 @@ def main():
     parser.add_argument("--save-every", type=int, default=25)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
+    feature = parser.add_argument_group("--kind feature")
+    feature.add_argument("--feature-layers", default="-1",
+                         help="the target hidden states the drafter reads (output_hidden_states indices), e.g. -1 "
+                              "(the last), or 2,9,-1 (EAGLE-3's low, middle and high mix)")
+    feature.add_argument("--unroll", type=int, default=3, help="draft steps trained per position (own states after 1)")
+    feature.add_argument("--feature-weight", type=float, default=0.1, help="weight of the hidden-state regression")
+    feature.add_argument("--steps", type=int, default=None, help="optimiser steps (default: from --epochs)")
+    feature.add_argument("--data", default="mixture", choices=("mixture", "domains"),
+                         help="mixture: every kind of text in evospec_hf.data plus --continuations; domains: the four "
+                              "domain corpora only")
+    feature.add_argument("--continuations", default=None, help="a folder of target continuations to train on too")
+    feature.add_argument("--chunks-file", default=None,
+                         help="a torch file {'train': [(kind, ids)], 'heldout': [...]} used instead of corpora")
+    feature.add_argument("--target-name", default=None, help="the name recorded in the checkpoint (default --target)")
+    feature.add_argument("--no-static-table", action="store_true", help="do not build the static shortlist table")
+    feature.add_argument("--cpu", action="store_true", help="run on CPU even when a GPU is present")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.kind == "feature":
+        return main_feature(args)
     from peft import LoraConfig, get_peft_model, set_peft_model_state_dict, get_peft_model_state_dict
 
     out = Path(args.out)
@@ -182,6 +202,153 @@ def main():
     report_path.write_text(json.dumps(report, indent=2))
     save_checkpoint(model, tokenizer, out, args.target, report)
     print(f"saved to {out}")
+
+
+def load_target_any(target: str):
+    """A known target name (`evospec_hf.load_target`), or a local model folder (with its tokenizer if it has one)."""
+    if not os.path.isdir(target):
+        return load_target(target)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(target).eval()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(target)
+    except (OSError, ValueError):
+        tokenizer = None
+    return model, tokenizer
+
+
+def training_chunks(args, tokenizer) -> tuple[list, list]:
+    """(train, heldout) lists of `(kind, ids)`: `--chunks-file`, else the corpora (and continuations)."""
+    if args.chunks_file:
+        chunks = torch.load(args.chunks_file)
+        return list(chunks["train"]), list(chunks["heldout"])
+    if args.data == "domains":
+        return (
+            token_chunks(tokenizer, "train", args.seq_len, args.train_chunks, args.seed),
+            token_chunks(tokenizer, "heldout", args.seq_len, args.eval_chunks, args.seed),
+        )
+    from evospec_hf import data
+
+    train = data.mixture_chunks(tokenizer, "train", args.seq_len, args.train_chunks, args.seed)
+    heldout = data.mixture_chunks(tokenizer, "heldout", args.seq_len, args.eval_chunks, args.seed)
+    if args.continuations:
+        train += data.continuation_chunks(args.continuations)
+    return train, heldout
+
+
+def main_feature(args):
+    """`--kind feature`: an EAGLE-style drafter (`evospec_hf.distill.feature`), data-parallel under accelerate."""
+    from accelerate import Accelerator
+    from peft import LoraConfig, get_peft_model
+
+    from evospec_hf.distill.feature import agreement, cache_teacher, decoder_linear_names, train
+    from evospec_hf.models import feature_drafter_from_target
+
+    accelerator = Accelerator(cpu=args.cpu)
+    main_process = accelerator.is_main_process
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    target, tokenizer = load_target_any(args.target)
+    target.to(accelerator.device)
+    for p in target.parameters():
+        p.requires_grad_(False)
+    layers = [int(i) for i in args.feature_layers.split(",")]
+    name = args.target_name or Path(args.target).name
+    train_chunks, eval_chunks = training_chunks(args, tokenizer)
+    source = Path(args.chunks_file).stem if args.chunks_file else f"{args.data}-{args.train_chunks}"
+    if args.continuations:
+        source += f"-{Path(args.continuations).name}"
+    teacher = default_cache_dir() / f"feature-teacher-v2-{name}-{args.seq_len}-{source}-{'_'.join(map(str, layers))}-{args.topk}"
+    rank, world = accelerator.process_index, accelerator.num_processes
+    train_paths = cache_teacher(target, train_chunks, teacher / "train", layers, args.topk, rank=rank, world_size=world)
+    eval_paths = cache_teacher(target, eval_chunks, teacher / "heldout", layers, args.topk, rank=rank, world_size=world)
+    accelerator.wait_for_everyone()  # every process's shards are written
+    records = [r for path in train_paths for r in torch.load(path)]
+    eval_records = [r for path in eval_paths for r in torch.load(path)]
+
+    drafter = feature_drafter_from_target(target, args.layers, layers).to(accelerator.device)
+    report_path = out / "distill_report.json"
+    report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    if main_process and "agreement_before" not in report:
+        report["agreement_before"] = agreement(drafter, eval_records, args.unroll)
+        report_path.write_text(json.dumps(report, indent=2))
+    lora = LoraConfig(
+        r=args.lora_rank, lora_alpha=args.lora_rank, target_modules=decoder_linear_names(drafter), lora_dropout=0.0,
+        modules_to_save=["evospec_fuse", "evospec_combine"],
+    )  # fmt: skip
+    model = get_peft_model(drafter, lora)
+    steps = args.steps or math.ceil(len(records) * args.epochs / args.batch)
+    start = time.time()
+    history = train(
+        model, records, accelerator, steps, args.batch, args.lr, out / "train_state.pt", unroll=args.unroll,
+        negatives=args.negatives, feature_weight=args.feature_weight, save_every=args.save_every, seed=args.seed,
+        progress=main_process,
+    )  # fmt: skip
+    if not main_process:
+        return
+    model.eval()
+    report["agreement_after"] = agreement(model, eval_records, args.unroll)
+    report["train_seconds_this_run"] = round(time.time() - start, 1)
+    report.update(
+        kind="feature", target=name, layers=args.layers, feature_layers=layers, lora_rank=args.lora_rank, steps=steps,
+        seq_len=args.seq_len, train_chunks=len(records), eval_chunks=len(eval_records), topk=args.topk,
+        negatives=args.negatives, unroll=args.unroll, feature_weight=args.feature_weight, processes=world,
+        teacher_cache=str(teacher),
+        loss_first=history[:5], loss_last=history[-5:],
+    )  # fmt: skip
+    report_path.write_text(json.dumps(report, indent=2))
+    print("agreement (per kind, per draft step) before:", report["agreement_before"])
+    print("after:", report["agreement_after"])
+    table = None
+    if tokenizer is not None and not args.no_static_table:
+        table = frequency_table_for(tokenizer, target.get_output_embeddings().weight.shape[0])
+    from evospec_hf import EvoSpecDrafter
+
+    EvoSpecDrafter.save_pretrained(model, out, name, table, feature_model_card(report))
+    print(f"saved to {out}")
+
+
+def feature_model_card(report: dict) -> str:
+    steps = len(next(iter(report["agreement_after"].values())))
+    header = " | ".join(f"draft {s + 1} before | after" for s in range(steps))
+    rows = "\n".join(
+        f"| {kind} | "
+        + " | ".join(f"{report['agreement_before'].get(kind, [0] * steps)[s]:.1%} | {after[s]:.1%}" for s in range(steps))
+        + " |"
+        for kind, after in report["agreement_after"].items()
+    )
+    return f"""---
+library_name: evospec_hf
+tags: [speculative-decoding, drafter, eagle, lora]
+---
+# evospec_hf feature drafter for {report['target']}
+
+An EAGLE-style drafter: the last {report['layers']} decoder layer(s) of {report['target']}, reading at each position the
+target's own hidden states (layers {report['feature_layers']}) together with the next token's embedding, then the
+target's final norm and (shared, frozen) LM head. Distilled by `scripts/distill_drafter.py --kind feature`: LoRA
+(rank {report['lora_rank']}) and the two input projections, top-{report['topk']} KD plus hidden-state regression,
+unrolled over {report['unroll']} draft steps; {report['steps']} steps on {report['train_chunks']} chunks of
+{report['seq_len']} tokens.
+
+Greedy agreement with the target on held-out text ({report['eval_chunks']} chunks): the first draft of a round reads
+the target's hidden state; later drafts read the drafter's own.
+
+| kind | {header} |
+|---|{"---:|" * (2 * steps)}
+{rows}
+
+```python
+import evospec_hf
+drafter = evospec_hf.EvoSpecDrafter.from_pretrained("<this folder or repo>", target=model)
+out = model.generate(**inputs, assistant_model=drafter, evospec_config=evospec_hf.EvoSpecConfig(shortlist="evospec"))
+```
+
+The output equals the target's plain greedy output; the drafter only changes speed.
+
+**Licence:** a derivative of {report['target']}; the target's licence applies (see the evospec_hf README).
+"""
 
 
 def frequency_table_for(tokenizer, vocab_size: int):

@@ -84,7 +84,7 @@ def main():
     sessions: dict[tuple[str, int], NGramIndex] = {}
     for row, ids, start in tqdm(texts, desc="recall", unit="text"):
         truth = target_greedy_next(target, ids)
-        hidden = drafter_hidden_states(drafter, ids)
+        hidden = drafter_hidden_states(drafter, ids, target)
         for budget in budgets:
             for mode, options in MODES.items():
                 config = EvoSpecConfig(shortlist_size=budget, context_slots=min(2048, budget // 4), **options)

@@ -29,10 +29,25 @@ from tqdm.auto import tqdm
 from evospec_hf import EvoSpecDrafter, FrequencyTable
 from evospec_hf.data import token_chunks
 from evospec_hf.models import default_cache_dir, load_target
+from evospec_hf.models.drafter import feature_inputs
+from evospec_hf.utils import unwrap_peft
 from evospec_hf.vocab.clusters import cluster_vocabulary
 from evospec_hf.vocab.recall import drafter_hidden_states as hidden_states
 from evospec_hf.vocab.recall import target_greedy_next
 from evospec_hf.vocab.router import ClusterRouter, RoutedHead
+
+
+@torch.no_grad()
+def record_hidden_states(drafter, rec: dict) -> tuple[torch.Tensor, slice]:
+    """The drafter's hidden states on a cached teacher record, and the record's positions they predict from.
+
+    A token drafter reads the tokens (every position); a feature drafter reads the target's cached hidden states
+    with the next tokens, so it has no state at position 0."""
+    if "features" not in rec:
+        return hidden_states(drafter, rec["ids"]), slice(None)
+    model = unwrap_peft(drafter)
+    pairs = feature_inputs(model, rec["ids"][None, 1:], features=rec["features"][None, :-1].float())
+    return model.base_model(inputs_embeds=pairs).last_hidden_state[0], slice(1, None)
 
 
 @torch.no_grad()
@@ -41,7 +56,7 @@ def recall_report(target, drafter, routed: RoutedHead, table: FrequencyTable, ch
     counts = {}
     for domain, ids in tqdm(chunks, desc="recall on held-out text", unit="chunk"):
         truth = target_greedy_next(target, ids)  # (T,) next token after each position
-        hidden = hidden_states(drafter, ids)
+        hidden = hidden_states(drafter, ids, target)
         # the clusters generation would pick at each position, within each budget (`RoutedHead.holds`)
         routed_hits = {budget: routed.holds(hidden, truth, budget).tolist() for budget in budgets}
         static_rank = torch.full((table.vocab_size,), table.vocab_size, dtype=torch.long)
@@ -114,19 +129,23 @@ def main():
     print(f"clustered {head.shape[0]:,} tokens into {clusters.num_clusters} clusters in {time.time() - start:.0f} s; "
           f"sizes {int(clusters.sizes().min())}..{int(clusters.sizes().max())}")  # fmt: skip
 
-    teacher_dir = default_cache_dir() / (
-        f"teacher-{config['target']}-{distill['seq_len']}-{distill['train_chunks_per_domain']}-{distill['topk']}"
-    )
+    if distill.get("kind") == "feature":  # the feature drafter's teacher cache holds the target's hidden states
+        teacher_dir = Path(distill["teacher_cache"]) / "train"
+    else:
+        teacher_dir = default_cache_dir() / (
+            f"teacher-{config['target']}-{distill['seq_len']}-{distill['train_chunks_per_domain']}-{distill['topk']}"
+        )
     shards = sorted(teacher_dir.glob("shard_*.pt"))
     if not shards:
         raise SystemExit(f"no teacher cache in {teacher_dir}: run scripts/distill_drafter.py first")
     features, labels = [], []
     for path in tqdm(shards, desc="drafter hidden states", unit="shard"):
         for rec in torch.load(path):
-            features.append(hidden_states(drafter, rec["ids"]))
-            probs = rec["topk_logits"].float().softmax(-1)
+            hidden, rows = record_hidden_states(drafter, rec)
+            features.append(hidden)
+            probs = rec["topk_logits"][rows].float().softmax(-1)
             label = torch.zeros(probs.shape[0], clusters.num_clusters)
-            label.scatter_add_(1, clusters.cluster_of[rec["topk_ids"].long()], probs)
+            label.scatter_add_(1, clusters.cluster_of[rec["topk_ids"][rows].long()], probs)
             labels.append(label)
     features, labels = torch.cat(features), torch.cat(labels)
 

@@ -173,3 +173,69 @@ def router_folder(tmp_path_factory):
     torch.manual_seed(0)
     ClusterRouter(hidden_size=32, num_clusters=12).save(folder)
     return str(folder)
+
+
+def sharpened(model, logit_std: float = 3.0):
+    """Scales the LM head so the model's logits spread like a trained model's (random init gives near-uniform
+    next-token distributions, which no drafter can learn to agree with)."""
+    with torch.no_grad():
+        probe = torch.randint(3, VOCAB_SIZE, (1, 16), generator=torch.Generator().manual_seed(0))
+        head = model.get_output_embeddings()
+        head.weight.mul_(logit_std / model(probe).logits.std())
+    return model
+
+
+def target_text(target, count: int, length: int = 48, seed: int = 0) -> list:
+    """`count` chunks of the target's own greedy text after short random prompts: text it predicts well, which a
+    drafter can learn from in a few steps."""
+    gen = torch.Generator().manual_seed(seed)
+    chunks = []
+    for _ in range(count):
+        prompt = torch.randint(3, VOCAB_SIZE, (1, 4), generator=gen)
+        out = target.generate(prompt, max_new_tokens=length - 4, do_sample=False, eos_token_id=None, pad_token_id=PAD)
+        chunks.append(("synthetic", out[0]))
+    return chunks
+
+
+def distilled_feature_drafter(target, folder, steps: int = 60, feature_layers=(-1,), chunks=None, lr: float = 3e-3):
+    """A tiny feature drafter briefly distilled on the target's own text (`evospec_hf.distill.feature`), as a
+    `PeftModel` (LoRA on its decoder layer, its two input projections trained whole)."""
+    from accelerate import Accelerator
+    from peft import LoraConfig, get_peft_model
+
+    from evospec_hf.distill.feature import cache_teacher, decoder_linear_names, train
+    from evospec_hf.models import feature_drafter_from_target
+
+    chunks = chunks if chunks is not None else target_text(target, 24)
+    paths = cache_teacher(target, chunks, folder / "teacher", feature_layers, topk=16, progress=False)
+    records = [r for path in paths for r in torch.load(path)]
+    drafter = feature_drafter_from_target(target, 1, feature_layers)
+    lora = LoraConfig(
+        r=8, lora_alpha=8, target_modules=decoder_linear_names(drafter),
+        modules_to_save=["evospec_fuse", "evospec_combine"],
+    )  # fmt: skip
+    model = get_peft_model(drafter, lora)
+    train(model, records, Accelerator(cpu=True), steps, 4, lr, folder / "state.pt", negatives=32, progress=False)
+    return model.eval()
+
+
+def copy_trained_target(seed: int = 0, half: int = 12, steps: int = 400):
+    """A tiny 2-layer Llama trained (seconds) on sequences that repeat their first `half` tokens: its next token
+    depends on the context, as a real model's does, not mostly on the last token, as a random model's does.
+    Returns `(target, prompts)`, `prompts(count, seed)` giving `(count, half + 4)` prompts that start a repeat."""
+    def sequences(gen, n):
+        x = torch.randint(3, VOCAB_SIZE, (n, half), generator=gen)
+        return torch.cat([x, x, x[:, : half // 2]], 1)
+
+    target = tiny_llama(seed, layers=2)
+    target.train()
+    optimizer = torch.optim.AdamW(target.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        batch = sequences(gen, 32)
+        loss = target(batch, labels=batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    target.eval().requires_grad_(False)
+    return target, lambda count, seed: sequences(torch.Generator().manual_seed(seed), count)[:, : half + 4]

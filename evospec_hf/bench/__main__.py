@@ -10,7 +10,7 @@ import sys
 import torch
 
 from ..config import DRAFT_SCHEDULES, EvoSpecConfig
-from .methods import DEFAULT_METHODS, build_methods
+from .methods import FEATURE_PREFIX, DEFAULT_METHODS, build_methods
 from .prompts import BUILTIN_SETS, builtin_prompts, load_prompts
 from .report import markdown, write_report
 from .runner import MismatchError, run_benchmark
@@ -28,6 +28,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m evospec_hf.bench", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--drafter", required=True, help="an evospec_hf drafter checkpoint folder")
+    parser.add_argument("--feature-drafter", default=None,
+                        help="a feature drafter checkpoint folder, for the methods named feature:<method>")
     parser.add_argument("--target", default=None, help="a known target name or a model folder (default: the drafter's)")
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated; see bench/methods.py")
     parser.add_argument("--prompts", default=None, help="jsonl: {id, domain, prompt} or Spec-Bench's question.jsonl")
@@ -69,9 +71,17 @@ def main(argv=None) -> int:
     adapting = None
     if any(n.startswith("evospec-online") for n in names):
         adapting = EvoSpecDrafter.from_pretrained(args.drafter, target=target, merge_adapter=False).to(args.device)
+    feature = feature_adapting = None
+    if args.feature_drafter:
+        feature = EvoSpecDrafter.from_pretrained(args.feature_drafter, target=target).to(args.device)
+        if any(n.startswith(FEATURE_PREFIX + "evospec-online") for n in names):
+            feature_adapting = EvoSpecDrafter.from_pretrained(
+                args.feature_drafter, target=target, merge_adapter=False
+            ).to(args.device)
     methods = build_methods(names, drafter, adapting, num_draft_tokens=args.num_draft_tokens,
                             fast_verify_head=not args.slow_verify_head, lookup_tokens=args.lookup_tokens,
-                            draft_schedule=args.draft_schedule)  # fmt: skip
+                            draft_schedule=args.draft_schedule, feature_drafter=feature,
+                            feature_adapting_drafter=feature_adapting)  # fmt: skip
 
     if args.prompts:
         prompts = load_prompts(args.prompts, tokenizer, chat_template=args.chat_template)
@@ -82,7 +92,8 @@ def main(argv=None) -> int:
 
     meta = {
         "command": "python -m evospec_hf.bench " + " ".join(sys.argv[1:] if argv is None else argv),
-        "target": target_name, "drafter": args.drafter, "methods": [m.name for m in methods],
+        "target": target_name, "drafter": args.drafter, "feature_drafter": args.feature_drafter,
+        "methods": [m.name for m in methods],
         "prompts": len(prompts), "prompt_source": args.prompts or f"built-in: {args.sets}",
         "max_new_tokens": args.max_new_tokens, "repeats": args.repeats, "machine": _machine(args.device),
         "fast_verify_head": not args.slow_verify_head, "lookup_tokens": args.lookup_tokens,

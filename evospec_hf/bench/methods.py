@@ -14,6 +14,9 @@ Names (`--methods`):
 - `evospec-<N>k`: router, context tokens and the retrieval indexes (`shortlist="evospec"`).
 - `evospec-online-<N>k`: evospec with a fresh `EvoSpecSession` per generation that learns online.
 
+A `feature:` prefix runs a method with the feature drafter (`--feature-drafter`, EAGLE-style) instead of the token
+drafter, e.g. `feature:full-vocab` or `feature:evospec-16k+lookup`.
+
 The size suffix is optional (16k by default): `fr-spec` is `fr-spec-16k`. Any evospec_hf method (`full-vocab` and
 the shortlist families) takes a `+lookup` suffix, e.g. `evospec-16k+lookup`: it drafts by context lookup when the
 sequence's last tokens occurred before, and with its drafter otherwise (`EvoSpecConfig.lookup_tokens`). Every
@@ -40,6 +43,7 @@ SHORTLISTS = {  # method family -> EvoSpecConfig.shortlist
     "fr-spec": "static", "vocabtrim": "static", "router": "router", "evospec": "evospec", "evospec-online": "evospec",
 }  # fmt: skip
 LOOKUP_SUFFIX = "+lookup"
+FEATURE_PREFIX = "feature:"
 _SIZED = re.compile(r"^(fr-spec|vocabtrim|router|evospec-online|evospec)(?:-(\d+)k)?$")
 
 # the online-alignment setting measured cheapest on this CPU (README, "Online alignment"): last layer, every 8 rounds
@@ -68,6 +72,7 @@ def build_methods(
     names, drafter=None, adapting_drafter=None, num_draft_tokens: int | None = None,
     online: OnlineAlignmentConfig | None = None, fast_verify_head: bool = True,
     lookup_tokens: int = EvoSpecConfig.lookup_tokens, draft_schedule: str = EvoSpecConfig.draft_schedule,
+    feature_drafter=None, feature_adapting_drafter=None,
 ) -> list[Method]:  # fmt: skip
     """The methods called `names`.
 
@@ -81,13 +86,23 @@ def build_methods(
             as transformers runs it, as in `hf-assisted` and `prompt-lookup`).
         lookup_tokens: `EvoSpecConfig.lookup_tokens` of the `+lookup` methods (the others run without lookup).
         draft_schedule: `EvoSpecConfig.draft_schedule` of evospec_hf's methods.
+        feature_drafter, feature_adapting_drafter: the same two for the `feature:` methods (a feature drafter).
     """
     methods, seen, online = [], set(), online or ONLINE_DEFAULTS
     for name in names:
         options = {"fast_verify_head": fast_verify_head, "draft_schedule": draft_schedule}
         if num_draft_tokens is not None:
             options["num_draft_tokens"] = num_draft_tokens
-        method = _build(name, drafter, adapting_drafter, options, online, lookup_tokens)
+        if name.startswith(FEATURE_PREFIX):
+            if feature_drafter is None:
+                raise ValueError(f"method {name!r} needs a feature drafter (--feature-drafter)")
+            method = _build(name.removeprefix(FEATURE_PREFIX), feature_drafter, feature_adapting_drafter, options,
+                            online, lookup_tokens)  # fmt: skip
+            if method.name == "hf-assisted":
+                raise ValueError("transformers' assisted decoding cannot draft with a feature drafter")
+            method.name = FEATURE_PREFIX + method.name
+        else:
+            method = _build(name, drafter, adapting_drafter, options, online, lookup_tokens)
         if method.name in seen:
             raise ValueError(f"method {method.name!r} is listed twice")
         seen.add(method.name)

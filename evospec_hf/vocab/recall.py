@@ -10,15 +10,31 @@ from __future__ import annotations
 
 import torch
 
+from ..models.drafter import feature_inputs, feature_layers_of
 from ..utils import unwrap_peft
 from .draft_vocab import DraftVocabulary
 from .indexes import NGramIndex
 
 
 @torch.no_grad()
-def drafter_hidden_states(drafter, ids: torch.Tensor) -> torch.Tensor:
-    """`(T,)` token ids -> `(T, hidden_size)` final hidden states of the drafter (what its LM head reads)."""
-    return unwrap_peft(drafter).base_model(input_ids=ids[None]).last_hidden_state[0]
+def drafter_hidden_states(drafter, ids: torch.Tensor, target=None) -> torch.Tensor:
+    """`(T,)` token ids -> `(T, hidden_size)`: row i is the drafter's final hidden state from which it predicts the
+    token after position i (what its LM head and its router read), teacher-forced.
+
+    A feature drafter reads the target's hidden states, so it needs `target`: its pair at position i - 1 (the
+    target's state there, and token i) predicts token i + 1; row 0 has no pair and is zeros.
+    """
+    model = unwrap_peft(drafter)
+    layers = feature_layers_of(model)
+    if layers is None:
+        return model.base_model(input_ids=ids[None]).last_hidden_state[0]
+    if target is None:
+        raise ValueError("a feature drafter's hidden states need the target's: pass `target=`")
+    states = target(ids[None], output_hidden_states=list(layers)).hidden_states
+    features = torch.cat([states[i] for i in layers], dim=-1)
+    pairs = feature_inputs(model, ids[None, 1:], features=features[:, :-1])
+    hidden = model.base_model(inputs_embeds=pairs).last_hidden_state[0]
+    return torch.cat([hidden.new_zeros(1, hidden.shape[-1]), hidden])
 
 
 @torch.no_grad()

@@ -1,6 +1,6 @@
 """With `do_sample=True`, evospec_hf's output distribution is the target's (speculative sampling is lossless).
 
-On an 8-token vocabulary at temperature 0.7 (so draft logits must be *processed* before they serve as q, the bug
+With a token drafter and with a feature drafter. On an 8-token vocabulary at temperature 0.7 (so draft logits must be *processed* before they serve as q, the bug
 transformers once had), the exact distribution of the first two generated tokens is computed from the target and
 compared with 2,500 evospec_hf samples by a chi-square test. Two negative controls show the test has the power to
 catch the failures that matter: samples from the drafter, and from the target renormalised on the shortlist (what an
@@ -120,6 +120,32 @@ def test_sampling_keeps_the_target_distribution(setup, lookup_tokens):
     assert 0 < stats.accepted < stats.drafted
     if lookup_tokens:  # rounds whose drafts were copied from the context (transformers' token-matching branch)
         assert 0 < stats.lookup_rounds < stats.rounds, stats
+
+
+@pytest.mark.slow
+def test_sampling_keeps_the_target_distribution_with_a_feature_drafter(setup):
+    """The feature drafter (EAGLE-style) reads the target's hidden states: its first draft comes in the second
+    round, so the second token goes through speculative sampling with its processed logits as q."""
+    from evospec_hf.models import feature_drafter_from_target
+
+    target, _, config = setup
+    drafter = feature_drafter_from_target(target, 1)
+    exact = two_token_distribution(target)
+    stats = DraftStats()
+
+    def evospec_samples(n):
+        torch.manual_seed(1234)
+        for _ in range(n):
+            out = target.generate(
+                PROMPT, max_new_tokens=3, do_sample=True, temperature=TEMPERATURE, top_k=None,
+                assistant_model=drafter, evospec_config=dataclasses.replace(config, lookup_tokens=0),
+                evospec_stats=stats,
+            )  # fmt: skip
+            yield outcomes_of(out)[0]
+
+    p_value = chi_square_p_value(sample_counts(evospec_samples, NUM_SAMPLES), exact, NUM_SAMPLES)
+    assert p_value > 1e-3, p_value
+    assert 0 < stats.drafter_accepted < stats.drafter_drafted, stats
 
 
 @pytest.mark.parametrize("control", ["drafter", "uncorrected-shortlist"])
