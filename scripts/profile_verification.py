@@ -5,7 +5,9 @@
 For k + 1 = 1 (plain greedy's step) to 11 positions after a 150-token context, it times the target's decoder body
 alone, and the whole forward with the LM head as `F.linear` (as transformers runs it) and as `W @ H.T`. During
 verification evospec_hf runs whichever of the two is faster for that many rows (`VerifyHead`,
-`EvoSpecConfig.fast_verify_head`). Medians of 7 runs, each on a fresh copy of the context's KV cache.
+`EvoSpecConfig.fast_verify_head`). The last two columns are what a feature drafter (EAGLE-style) adds: the forward
+returning the last hidden state it reads (`output_hidden_states=[-1]`), and every layer's. Medians of 7 runs, each on
+a fresh copy of the context's KV cache.
 """
 
 import argparse
@@ -42,7 +44,10 @@ def main():
         return statistics.median(times) * 1e3
 
     print(f"{args.target}, context {args.context}, {torch.get_num_threads()} threads")
-    print("| positions | body ms | forward, F.linear head ms | forward, W @ H.T head ms |\n|---:|---:|---:|---:|")
+    print(
+        "| positions | body ms | forward, F.linear head ms | forward, W @ H.T head ms | + last hidden state ms "
+        "| + all hidden states ms |\n|---:|---:|---:|---:|---:|---:|"
+    )
     head = target.get_output_embeddings()
     for positions in (1, 2, 3, 4, 5, 7, 11):
         x = ids[:, args.context : args.context + positions]
@@ -53,7 +58,17 @@ def main():
                 forward[fast] = median_ms(
                     lambda c: target(input_ids=x, past_key_values=c, use_cache=True, logits_to_keep=positions)
                 )
-        print(f"| {positions} | {body:.1f} | {forward[False]:.1f} | {forward[True]:.1f} |", flush=True)
+        last, every = (
+            median_ms(
+                lambda c: target(input_ids=x, past_key_values=c, use_cache=True, logits_to_keep=positions,
+                                 output_hidden_states=which)  # fmt: skip
+            )
+            for which in ([-1], True)
+        )
+        print(
+            f"| {positions} | {body:.1f} | {forward[False]:.1f} | {forward[True]:.1f} | {last:.1f} | {every:.1f} |",
+            flush=True,
+        )
 
 
 @contextlib.contextmanager

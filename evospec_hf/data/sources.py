@@ -185,6 +185,16 @@ def _python_source(path: str) -> str | None:
         return None
 
 
+def _parse(text: str | None):
+    """The module's syntax tree, or None for an empty or unparsable file."""
+    if not text:
+        return None
+    try:
+        return ast.parse(text)
+    except (SyntaxError, ValueError):
+        return None
+
+
 @dataclass(frozen=True)
 class CodeFunction:
     """A documented function from the standard library: `path` is its file (the split key of the code kind)."""
@@ -211,10 +221,7 @@ def stdlib_functions(max_functions: int | None = None, max_lines: int = 40):
     count = 0
     for path in _by_hash(files):
         text = _python_source(path)
-        try:
-            tree = ast.parse(text) if text else None
-        except (SyntaxError, ValueError):
-            tree = None
+        tree = _parse(text)
         if tree is None:
             continue
         lines = text.splitlines()
@@ -281,10 +288,7 @@ def sympy_docstrings(min_chars: int = 300):
             if re.search(r"/(tests|benchmarks)/", path):
                 continue
             text = _python_source(path)
-            try:
-                tree = ast.parse(text) if text else None
-            except (SyntaxError, ValueError):
-                tree = None
+            tree = _parse(text)
             if tree is None:
                 continue
             module = "sympy." + os.path.relpath(path, root)[:-3].replace(os.sep, ".")

@@ -33,8 +33,8 @@ from typing import ClassVar
 import torch
 
 from ..config import JsonConfigMixin
-from ..utils import check_bool, check_choice, check_int, check_number
 from ..models.drafter import feature_inputs
+from ..utils import check_bool, check_choice, check_int, check_number
 from .kd import full_kd_loss, topk_kd_loss
 
 OUTSIDE_SHORTLIST = 1 << 30  # rank of a target token the drafter could not propose

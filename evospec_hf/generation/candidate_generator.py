@@ -25,12 +25,12 @@ from ..config import EvoSpecConfig
 from ..models.drafter import feature_layers_of
 from ..ops import logit_softcap, resolve_head_backend
 from ..vocab import DraftVocabulary
+from .feature_drafter import FeatureDrafter
 from .lookup import LookupSource
 from .rounds import Draft, RoundResult
 from .schedule import draft_length_rule
 from .stats import DraftStats
 from .stopping import StopCheck
-from .feature_drafter import FeatureDrafter
 from .token_drafter import TokenDrafter, check_drafter_head
 
 

@@ -116,11 +116,14 @@ def test_each_draft_is_the_argmax_over_its_step_vocabulary(pair, monkeypatch):
 
 def test_a_briefly_trained_feature_drafter_beats_a_token_drafter_trained_as_long(tmp_path):
     """On a tiny target trained to copy, whose next token depends on the context as a real model's does: the same
-    text, steps and learning rate, and the feature drafter's drafts are accepted far more often. A one-layer token
-    drafter cannot find where the copy stands; the target's hidden state tells the feature drafter.
+    text, steps and learning rate, and the feature drafter's drafts are accepted far more often (about 90% against
+    5%). It fails when the drafting loop breaks (a stale KV cache: 27% against 5%).
 
-    (On the random tiny targets above, whose next token is mostly a function of the last one, a token drafter made
-    from the target's first layer is the better one: 47% against 36% after 100 steps.)"""
+    What it does not show: that the target's hidden states are what wins here. Zeroing them gives about the same
+    rate after 100 steps (84% against 90%): the drafter's layer, copied from the target's last one, already holds the
+    target's copy head. On the random tiny targets above, whose next token is mostly a function of the last one, a
+    token drafter from the target's first layer beats the feature drafter (47% against 36% after 100 steps). What
+    the hidden states are worth on a real target is measured in the README (Gemma-3-270M)."""
     from evospec_hf.evolve.kd import topk_kd_loss
     from evospec_hf.models import drafter_from_target
 

@@ -75,6 +75,22 @@ def outcomes_of(sequences):
     return [tuple(row[PROMPT.shape[1] :].tolist()[: 1 if row[PROMPT.shape[1]] == EOS else 2]) for row in sequences]
 
 
+def evospec_counts(target, drafter, config, stats) -> dict:
+    """Outcome counts of NUM_SAMPLES evospec_hf generations. A third token leaves room for a second round, where the
+    lookup can copy from the prompt and a feature drafter drafts (it has the target's hidden states from then on)."""
+
+    def samples(n):
+        torch.manual_seed(1234)
+        for _ in range(n):
+            out = target.generate(
+                PROMPT, max_new_tokens=3, do_sample=True, temperature=TEMPERATURE, top_k=None,
+                assistant_model=drafter, evospec_config=config, evospec_stats=stats,
+            )  # fmt: skip
+            yield outcomes_of(out)[0]
+
+    return sample_counts(samples, NUM_SAMPLES)
+
+
 def peaked(model, logit_std=2.0):
     """Scales the LM head so logits spread like a trained model's (random init gives near-uniform distributions,
     under which temperature hardly matters and the test would have no power)."""
@@ -104,17 +120,7 @@ def test_sampling_keeps_the_target_distribution(setup, lookup_tokens):
     exact = two_token_distribution(target)
     stats = DraftStats()
 
-    def evospec_samples(n):
-        torch.manual_seed(1234)
-        for _ in range(n):
-            # a third token leaves room for a second round, where the lookup can copy from the prompt
-            out = target.generate(
-                PROMPT, max_new_tokens=3, do_sample=True, temperature=TEMPERATURE, top_k=None,
-                assistant_model=drafter, evospec_config=config, evospec_stats=stats,
-            )  # fmt: skip
-            yield outcomes_of(out)[0]
-
-    p_value = chi_square_p_value(sample_counts(evospec_samples, NUM_SAMPLES), exact, NUM_SAMPLES)
+    p_value = chi_square_p_value(evospec_counts(target, drafter, config, stats), exact, NUM_SAMPLES)
     assert p_value > 1e-3, p_value
     # both branches of speculative sampling ran: accepted drafts and rejections resampled from the residual
     assert 0 < stats.accepted < stats.drafted
@@ -133,17 +139,8 @@ def test_sampling_keeps_the_target_distribution_with_a_feature_drafter(setup):
     exact = two_token_distribution(target)
     stats = DraftStats()
 
-    def evospec_samples(n):
-        torch.manual_seed(1234)
-        for _ in range(n):
-            out = target.generate(
-                PROMPT, max_new_tokens=3, do_sample=True, temperature=TEMPERATURE, top_k=None,
-                assistant_model=drafter, evospec_config=dataclasses.replace(config, lookup_tokens=0),
-                evospec_stats=stats,
-            )  # fmt: skip
-            yield outcomes_of(out)[0]
-
-    p_value = chi_square_p_value(sample_counts(evospec_samples, NUM_SAMPLES), exact, NUM_SAMPLES)
+    config = dataclasses.replace(config, lookup_tokens=0)
+    p_value = chi_square_p_value(evospec_counts(target, drafter, config, stats), exact, NUM_SAMPLES)
     assert p_value > 1e-3, p_value
     assert 0 < stats.drafter_accepted < stats.drafter_drafted, stats
 
