@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from evospec_hf import EvoSpecConfig, EvoSpecDrafter, FrequencyTable
+from evospec_hf import DraftStats, EvoSpecConfig, EvoSpecDrafter, FrequencyTable
 from evospec_hf.models import drafter_from_target
 
 from ..conftest import VOCAB_SIZE, tiny_llama
@@ -127,3 +127,38 @@ def test_broken_checkpoints_say_what_is_wrong(target, checkpoint, tmp_path):
 
     with pytest.raises(TypeError, match="PeftModel"):
         EvoSpecDrafter.save_pretrained(tiny_llama(seed=1), tmp_path / "x", "tiny-llama")
+
+
+def test_a_feature_drafter_round_trips(target, tmp_path):
+    """A feature drafter's checkpoint records the layers it reads; loading rebuilds its input projections, with the
+    trained ones from the adapter, and it drafts from the target's hidden states through `custom_generate` too."""
+    from peft import LoraConfig, get_peft_model
+
+    from evospec_hf.models import feature_drafter_from_target
+    from evospec_hf.models.drafter import feature_inputs, feature_layers_of
+    from evospec_hf.utils import unwrap_peft
+
+    lora = LoraConfig(r=4, target_modules=["q_proj", "up_proj"], modules_to_save=["evospec_fuse", "evospec_combine"])
+    drafter = get_peft_model(feature_drafter_from_target(target, 1, feature_layers=(1, -1)), lora)
+    with torch.no_grad():
+        for name, p in drafter.named_parameters():
+            if "lora_B" in name or "evospec" in name:
+                p.normal_(0, 0.3)
+    folder = EvoSpecDrafter.save_pretrained(drafter, tmp_path / "feature", "tiny-llama")
+    assert json.loads((folder / "evospec_drafter.json").read_text())["feature_layers"] == [1, -1]
+    loaded = EvoSpecDrafter.from_pretrained(folder, target=target)
+    assert feature_layers_of(loaded) == [1, -1]
+    states = torch.randn(1, PROMPT.shape[1], 64)
+    with torch.no_grad():
+        outputs = [
+            unwrap_peft(model).model(inputs_embeds=feature_inputs(model, PROMPT, features=states)).last_hidden_state
+            for model in (loaded, drafter)
+        ]
+    torch.testing.assert_close(*outputs, atol=2e-3, rtol=2e-3)  # fp16 adapter
+    expected = target.generate(PROMPT, max_new_tokens=12, do_sample=False)
+    stats = DraftStats()
+    got = target.generate(
+        PROMPT, max_new_tokens=12, do_sample=False, custom_generate=str(folder), trust_remote_code=True,
+        evospec_config=EvoSpecConfig(shortlist="full", lookup_tokens=0), evospec_stats=stats,
+    )  # fmt: skip
+    assert torch.equal(got, expected) and stats.drafter_drafted > 0
