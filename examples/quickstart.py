@@ -1,6 +1,8 @@
-"""evospec_hf on a real model: Gemma-3-270M (262k vocabulary) with the drafter shipped in this repository.
+"""evospec_hf on a real model: Gemma-3-270M (262k vocabulary) with the feature drafter shipped in this repository
+(EAGLE-style: it drafts from the target's own hidden states).
 
     python examples/quickstart.py [--prompt "..."] [--max-new-tokens 96]
+    python examples/quickstart.py --checkpoint checkpoints/gemma-3-270m-drafter-l2   # the 2-layer token drafter
     python examples/quickstart.py --checkpoint checkpoints/smollm2-135m-drafter-l2   # SmolLM2-135M and its drafter
 
 The target is the one named in the checkpoint's `evospec_drafter.json`. The first run converts Gemma's weights from
@@ -20,15 +22,15 @@ import torch
 import evospec_hf
 from evospec_hf import DraftStats, EvoSpecConfig, EvoSpecDrafter
 
-CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "gemma-3-270m-drafter-l2"
+CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "gemma-3-270m-feature-l1"
 DEFAULT_PROMPT = '''import os
 
 
 def read_config(path):
     """Read a key=value configuration file into a dict."""
 '''
-# the fastest configuration measured on this CPU (README, "Results on this CPU"): the evospec shortlist at 8k with
-# context lookup and the cost-aware draft length (both defaults)
+# the fastest configuration measured on this CPU (README, "Results on this CPU" and "The feature drafter"): the
+# evospec shortlist with context lookup and the cost-aware draft length (both defaults)
 FASTEST = dict(shortlist="evospec", shortlist_size=8192, context_slots=2048)
 
 

@@ -150,7 +150,7 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
         start = time.perf_counter()
         input_ids = input_ids.to(self.device)
         if self.requires_model_outputs:  # a feature drafter reads the target's hidden states of the last round
-            self.drafter.observe_target(kwargs.get("model_outputs"), int(kwargs.get("n_last_matches", 0)))
+            self.drafter.observe_target(kwargs.get("model_outputs"), input_ids.shape[1])
         draft = Draft("", input_ids.new_empty(0))
         room = self.max_length - input_ids.shape[1] - 1  # the target adds one token of its own
         if room > 0:

@@ -40,22 +40,23 @@ class FeatureDrafter(DraftLoop):
         """What the target's forward must also return: only the hidden states the drafter reads."""
         return {"output_hidden_states": list(self.feature_layers)}
 
-    def observe_target(self, model_outputs, num_matches: int) -> None:
-        """Keeps the hidden states of the positions the target's last forward verified.
+    def observe_target(self, model_outputs, sequence_length: int) -> None:
+        """Keeps the hidden states of the positions the target's last forward verified and accepted.
 
         Args:
             model_outputs: the target's last forward outputs (None before the first); their `hidden_states` cover the
-                positions that forward read: the whole prompt the first time, then each round's last token and drafts.
-            num_matches: drafts the target accepted in that round (positions past them were rejected).
+                positions that forward read: the prompt (and any drafts of the first round) the first time, then
+                each round's last token and drafts.
+            sequence_length: the sequence's length now. The drafter needs the states of all but its last token, so
+                it keeps the forward's first ones up to there: the states of rejected drafts are dropped.
         """
         if model_outputs is None:
             return
         states = model_outputs.hidden_states
         new = torch.cat([states[i] for i in self.feature_layers], dim=-1).detach()
-        if self.features is None:  # the prefill: every prompt position
-            self.features = new
-        else:
-            self.features = torch.cat([self.features, new[:, : num_matches + 1]], dim=1)
+        known = 0 if self.features is None else self.features.shape[1]
+        new = new[:, : sequence_length - 1 - known]
+        self.features = new if self.features is None else torch.cat([self.features, new], dim=1)
 
     def propose(self, input_ids: torch.LongTensor, limit: int) -> Draft | None:
         """Drafts `limit` tokens after `input_ids` (`(1, seq_len)`), fewer with `confidence_threshold`; None before

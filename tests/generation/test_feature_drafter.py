@@ -161,3 +161,23 @@ def test_a_briefly_trained_feature_drafter_beats_a_token_drafter_trained_as_long
 
     feature_rate, token_rate = acceptance(feature), acceptance(token)
     assert feature_rate > token_rate + 0.3, (feature_rate, token_rate)
+
+
+def test_a_first_round_lookup_draft_that_is_rejected(pair):
+    """The prompt's last token occurred before, so the very first round copies a draft from the context before the
+    feature drafter has any hidden state; the target's first forward then reads the prompt and that draft, and the
+    drafter must keep only the hidden states of positions that were accepted."""
+    target, drafter, router, static_table_path = pair
+    rejected = 0
+    for seed in range(8):
+        ids = prompt(100 + seed, length=8)
+        ids = torch.cat([ids, ids[:, 2:3]], dim=1)  # ends with a token seen before: lookup drafts what followed it
+        expected = target.generate(ids, max_new_tokens=12, do_sample=False)
+        stats = DraftStats()
+        got = target.generate(
+            ids, max_new_tokens=12, do_sample=False, assistant_model=drafter, evospec_stats=stats,
+            evospec_config=config_for("full", static_table_path, router, lookup_tokens=4, draft_schedule="constant"),
+        )  # fmt: skip
+        assert torch.equal(got, expected), seed
+        rejected += int(stats.accepted_per_round[0] < 4)
+    assert rejected > 0  # the case happened
