@@ -15,6 +15,17 @@ target's next-token distribution:
 4. save: the adapter, `evospec_drafter.json` and `distill_report.json` in `--out`.
 
 Every stage resumes where it stopped (teacher shards on disk, training state every `--save-every` steps).
+
+`--kind feature` distils an EAGLE-style feature drafter instead (`evospec_hf.distill.feature`: the target's hidden
+states and top-k logits cached, KD plus feature regression unrolled over draft steps), on the text mixture and the
+target's own continuations (`--data mixture --continuations <folder of scripts/generate_continuations.py>`):
+
+    python scripts/distill_drafter.py --kind feature --target gemma-3-270m --out runs/gemma-feature --steps 1800
+    accelerate launch --multi_gpu --num_processes 8 scripts/distill_drafter.py --kind feature ...   # data-parallel
+    accelerate launch --multi_gpu --num_processes 2 scripts/distill_drafter.py --kind feature ... --cpu   # CPU, gloo
+
+(On CPU, accelerate's own `--cpu` launch flag starts a single process; pass `--multi_gpu` to accelerate and
+`--cpu` to this script.)
 """
 
 from __future__ import annotations
