@@ -42,6 +42,7 @@ from .sources import (
     gettext_pairs,
     info_nodes,
     other_code_files,
+    read_text,
     stable_hash,
     stdlib_functions,
     sympy_docstrings,
@@ -92,12 +93,8 @@ def _code():
     for path, text in _documents("code"):
         yield Document(path, "code", path, text)
     for _language, path in other_code_files():
-        try:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-        except (UnicodeDecodeError, OSError):
-            continue
-        if text.strip():
+        text = read_text(path)
+        if text and text.strip():
             yield Document(path, "code", path, text)
 
 

@@ -177,7 +177,8 @@ def gettext_pairs(lang: str, max_pairs: int | None = None, min_words: int = 2):
 
 
 # ------------------------------------------------------------------------------------------------ code
-def _python_source(path: str) -> str | None:
+def read_text(path: str) -> str | None:
+    """A UTF-8 file's text, or None when it cannot be read as UTF-8."""
     try:
         with open(path, encoding="utf-8") as f:
             return f.read()
@@ -220,7 +221,7 @@ def stdlib_functions(max_functions: int | None = None, max_lines: int = 40):
     files = [f for f in _code_files() if not re.search(r"/(test|tests|idlelib|lib2to3)/", f)]
     count = 0
     for path in _by_hash(files):
-        text = _python_source(path)
+        text = read_text(path)
         tree = _parse(text)
         if tree is None:
             continue
@@ -287,7 +288,7 @@ def sympy_docstrings(min_chars: int = 300):
         for path in files:
             if re.search(r"/(tests|benchmarks)/", path):
                 continue
-            text = _python_source(path)
+            text = read_text(path)
             tree = _parse(text)
             if tree is None:
                 continue
