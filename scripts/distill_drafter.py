@@ -121,6 +121,8 @@ def main():
     feature.add_argument("--unroll", type=int, default=3, help="draft steps trained per position (own states after 1)")
     feature.add_argument("--feature-weight", type=float, default=0.1, help="weight of the hidden-state regression")
     feature.add_argument("--steps", type=int, default=None, help="optimiser steps (default: from --epochs)")
+    feature.add_argument("--time-budget", type=float, default=None,
+                         help="minutes for the training steps (on a lent GPU, say): fewer steps if --steps does not fit")
     feature.add_argument("--data", default="mixture", choices=("mixture", "domains"),
                          help="mixture: every kind of text in evospec_hf.data plus --continuations; domains: the four "
                               "domain corpora only")
@@ -295,7 +297,7 @@ def main_feature(args):
     history = train(
         model, records, accelerator, steps, args.batch, args.lr, out / "train_state.pt", unroll=args.unroll,
         negatives=args.negatives, feature_weight=args.feature_weight, save_every=args.save_every, seed=args.seed,
-        progress=main_process,
+        progress=main_process, time_budget_s=args.time_budget * 60 if args.time_budget else None,
     )  # fmt: skip
     if not main_process:
         return
@@ -303,7 +305,7 @@ def main_feature(args):
     report["agreement_after"] = agreement(model, eval_records, args.unroll)
     report["train_seconds_this_run"] = round(time.time() - start, 1)
     report.update(
-        kind="feature", target=name, layers=args.layers, feature_layers=layers, lora_rank=args.lora_rank, steps=steps,
+        kind="feature", target=name, layers=args.layers, feature_layers=layers, lora_rank=args.lora_rank, steps=len(history),
         seq_len=args.seq_len, train_chunks=len(records), eval_chunks=len(eval_records), topk=args.topk,
         negatives=args.negatives, unroll=args.unroll, feature_weight=args.feature_weight, processes=world,
         teacher_cache=str(teacher),

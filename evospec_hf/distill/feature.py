@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -151,21 +152,23 @@ def agreement(drafter, records: list, unroll: int = 3) -> dict:
     model = unwrap_peft(drafter)
     head = model.get_output_embeddings()
     cap = logit_softcap(model)
+    device = head.weight.device
     hits: dict[str, list[int]] = {}
     totals: dict[str, list[int]] = {}
     for record in records:
-        ids = record["ids"][None]
-        truth = record["topk_ids"][:, 0].long()  # the target's greedy token after each position
+        ids = record["ids"][None].to(device)
+        truth = record["topk_ids"][:, 0].long().to(device)  # the target's greedy token after each position
+        features = record["features"][None].to(device)
         own = None
         for s in range(unroll):
             n = ids.shape[1] - 1 - s
             if n < 1:
                 break
             if s == 0:
-                inputs = feature_inputs(model, ids[:, 1:], features=record["features"][None][:, :-1])
+                inputs = feature_inputs(model, ids[:, 1:], features=features[:, :-1])
             else:
                 inputs = feature_inputs(model, ids[:, 1 + s :], own=own[:, :n])
-            positions = torch.arange(s, s + n)[None]
+            positions = torch.arange(s, s + n, device=device)[None]
             own = model.base_model(inputs_embeds=inputs, position_ids=positions).last_hidden_state
             guess = softcap(head(own[0]).float(), cap).argmax(-1)
             kind = record["kind"]
@@ -188,20 +191,26 @@ def decoder_linear_names(model) -> list[str]:
 def train(
     drafter, records: list, accelerator, steps: int, batch_size: int, lr: float, state_path: Path, unroll: int = 3,
     negatives: int = 4096, feature_weight: float = 0.1, save_every: int = 25, seed: int = 0, progress: bool = True,
+    time_budget_s: float | None = None,
 ) -> list[float]:  # fmt: skip
     """Trains the (peft-wrapped) drafter's trainable parameters on `records` for `steps` optimiser steps.
 
     Each process takes its own records of every batch, and the gradients are averaged across processes before each
     step (`accelerator.reduce`), so every process keeps the same weights; the main process saves the state (trainable weights, optimiser, schedule, step, losses) every `save_every` steps,
     atomically, and a restart continues from it. Returns the loss per step.
+
+    `time_budget_s`: a wall-clock budget for this call (a lent GPU's lease, say). After timing its first steps, the
+    run shortens `steps` to what fits, and the cosine schedule anneals over the shortened run.
     """
     from tqdm.auto import tqdm
 
     trainable = [p for p in drafter.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
     warmup = max(1, min(50, steps // 10))
+    total = [steps]  # shortened once if the time budget is too small for `steps`
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
+        optimizer,
+        lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, total[0]) / total[0])),
     )
     step, history = 0, []
     if state_path.exists():
@@ -214,12 +223,14 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         step, history = state["step"], state["history"]
+        total[0] = state.get("total_steps", steps)
         assert set(names) == set(state["weights"]), "the saved state is for another drafter"
     vocab_size = unwrap_peft(drafter).get_output_embeddings().weight.shape[0]
     order = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed))
     drafter.train()
-    bar = tqdm(total=steps, initial=step, desc="distilling feature drafter", unit="step", disable=not progress)
-    while step < steps:
+    bar = tqdm(total=total[0], initial=step, desc="distilling feature drafter", unit="step", disable=not progress)
+    clock, first_step, timed_steps = time.monotonic(), step, 20
+    while step < total[0]:
         start = (step * batch_size) % len(records)
         batch = [records[int(order[(start + i) % len(records)])] for i in range(batch_size)]
         mine = batch[accelerator.process_index :: accelerator.num_processes]
@@ -241,10 +252,18 @@ def train(
         history.append(round(float(accelerator.reduce(loss.detach(), reduction="mean")), 4))
         bar.update()
         bar.set_postfix(loss=f"{sum(history[-10:]) / len(history[-10:]):.3f}")
-        if (step % save_every == 0 or step == steps) and accelerator.is_main_process:
+        if time_budget_s and step - first_step == timed_steps:
+            elapsed = time.monotonic() - clock
+            fits = step + int((time_budget_s - elapsed) / (elapsed / timed_steps))
+            fits = int(accelerator.gather(torch.tensor([fits], device=accelerator.device)).min())  # one plan for all
+            if fits < total[0]:
+                total[0] = max(step, fits)
+                bar.total = total[0]
+                print(f"time budget {time_budget_s:.0f} s: training {total[0]} steps of {steps}")
+        if (step % save_every == 0 or step == total[0]) and accelerator.is_main_process:
             weights = {n: p.detach().cpu().clone() for n, p in drafter.named_parameters() if p.requires_grad}
             state = {"weights": weights, "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                     "step": step, "history": history}  # fmt: skip
+                     "step": step, "history": history, "total_steps": total[0]}  # fmt: skip
             torch.save(state, f"{state_path}.tmp")
             os.replace(f"{state_path}.tmp", state_path)
     bar.close()

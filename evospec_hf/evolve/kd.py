@@ -37,7 +37,7 @@ def topk_kd_loss(
     Returns:
         the weighted mean cross-entropy, a scalar.
     """
-    pool = teacher_ids.flatten() if negatives is None else torch.cat([teacher_ids.flatten(), negatives])
+    pool = teacher_ids.flatten() if negatives is None else torch.cat([teacher_ids.flatten(), negatives.to(teacher_ids.device)])
     candidates = torch.unique(pool)  # sorted, so each teacher id's column is a binary search away
     bias = None if head_bias is None else head_bias.index_select(0, candidates)
     logits = _softcap(F.linear(hidden, head_weight.index_select(0, candidates), bias).float(), softcap)

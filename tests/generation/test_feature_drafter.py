@@ -1,6 +1,8 @@
 """The feature drafter (EAGLE-style): exact greedy output in every mode, with and without lookup and sessions; its
 drafts are its own argmax over the step's vocabulary; briefly trained, it beats a token drafter trained as long."""
 
+import copy
+
 import pytest
 import torch
 
@@ -61,6 +63,25 @@ def test_greedy_equals_plain_greedy(pair, mode, lookup_tokens):
         assert stats.drafter_accepted > 0, stats  # the feature drafter itself had drafts accepted
     else:  # on a repetitive target the lookup may take every round
         assert stats.accepted > 0, stats
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the compiled Triton head)")
+@pytest.mark.parametrize("lookup_tokens", [0, 10], ids=["no-lookup", "lookup"])
+@pytest.mark.parametrize("mode", MODES)
+def test_greedy_on_cuda_with_the_triton_head(pair, mode, lookup_tokens):
+    target, drafter, router, static_table_path = pair
+    target, drafter = copy.deepcopy(target).cuda(), copy.deepcopy(drafter).cuda()
+    config = config_for(mode, static_table_path, router, lookup_tokens=lookup_tokens, head_backend="triton")
+    stats = DraftStats()
+    for seed in range(2):
+        input_ids = prompt(seed).cuda()
+        expected = target.generate(input_ids, max_new_tokens=24, do_sample=False)
+        got = target.generate(
+            input_ids, max_new_tokens=24, do_sample=False, assistant_model=drafter, evospec_config=config,
+            evospec_stats=stats,
+        )  # fmt: skip
+        assert torch.equal(got, expected), f"{mode} prompt {seed}"
+    assert stats.accepted > 0, stats
 
 
 @pytest.mark.parametrize("mode", ["full", "router+context"])
