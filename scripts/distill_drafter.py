@@ -129,6 +129,9 @@ def main():
     feature.add_argument("--continuations", default=None, help="a folder of target continuations to train on too")
     feature.add_argument("--chunks-file", default=None,
                          help="a torch file {'train': [(kind, ids)], 'heldout': [...]} used instead of corpora")
+    feature.add_argument("--export-chunks", default=None, metavar="FILE",
+                         help="write the token chunks (as --chunks-file reads them) to FILE and stop: for a machine "
+                              "that has the target but not the corpora, e.g. a lent GPU")
     feature.add_argument("--target-name", default=None, help="the name recorded in the checkpoint (default --target)")
     feature.add_argument("--no-static-table", action="store_true", help="do not build the static shortlist table")
     feature.add_argument("--cpu", action="store_true", help="run on CPU even when a GPU is present")
@@ -270,6 +273,10 @@ def main_feature(args):
     layers = [int(i) for i in args.feature_layers.split(",")]
     name = args.target_name or Path(args.target).name
     train_chunks, eval_chunks = training_chunks(args, tokenizer)
+    if args.export_chunks:
+        torch.save({"train": train_chunks, "heldout": eval_chunks}, args.export_chunks)
+        print(f"wrote {len(train_chunks)} training and {len(eval_chunks)} held-out chunks to {args.export_chunks}")
+        return
     source = Path(args.chunks_file).stem if args.chunks_file else f"{args.data}-{args.train_chunks}"
     if args.continuations:
         source += f"-{Path(args.continuations).name}"
@@ -308,6 +315,7 @@ def main_feature(args):
         kind="feature", target=name, layers=args.layers, feature_layers=layers, lora_rank=args.lora_rank, steps=len(history),
         seq_len=args.seq_len, train_chunks=len(records), eval_chunks=len(eval_records), topk=args.topk,
         negatives=args.negatives, unroll=args.unroll, feature_weight=args.feature_weight, processes=world,
+        batch=args.batch, device=torch.cuda.get_device_name() if accelerator.device.type == "cuda" else "cpu",
         teacher_cache=str(teacher),
         loss_first=history[:5], loss_last=history[-5:],
     )  # fmt: skip
@@ -342,8 +350,8 @@ An EAGLE-style drafter: the last {report['layers']} decoder layer(s) of {report[
 target's own hidden states (layers {report['feature_layers']}) together with the next token's embedding, then the
 target's final norm and (shared, frozen) LM head. Distilled by `scripts/distill_drafter.py --kind feature`: LoRA
 (rank {report['lora_rank']}) and the two input projections, top-{report['topk']} KD plus hidden-state regression,
-unrolled over {report['unroll']} draft steps; {report['steps']} steps on {report['train_chunks']} chunks of
-{report['seq_len']} tokens.
+unrolled over {report['unroll']} draft steps; {report['steps']} steps of {report.get('batch', '?')} chunks
+on {report.get('device', 'cpu')}, {report['train_chunks']} chunks of {report['seq_len']} tokens.
 
 Greedy agreement with the target on held-out text ({report['eval_chunks']} chunks): the first draft of a round reads
 the target's hidden state; later drafts read the drafter's own.

