@@ -21,7 +21,6 @@ def write_report(results: dict, out_dir, meta: dict) -> list[Path]:
 def markdown(results: dict, meta: dict) -> str:
     aggregate = results["aggregate"]
     domains = sorted({row["domain"] for row in results["prompts"]})
-    full = aggregate.get("full-vocab", {}).get("all", {})
     lines = [
         f"Target `{meta.get('target')}`, drafter `{meta.get('drafter')}`, {meta.get('prompts')} prompts, "
         f"{meta.get('max_new_tokens')} new tokens each, median of {meta.get('repeats')} run(s), "
@@ -39,7 +38,8 @@ def markdown(results: dict, meta: dict) -> str:
     lines += [
         "",
         "All prompts: tau is tokens per target forward (accepted drafts + 1); 'vs full' compares evospec_hf's "
-        "drafting methods with the same drafter over the full vocabulary (`full-vocab`); 'lookup rounds' is the share "
+        "drafting methods with the same drafter over the full vocabulary (`full-vocab`, `feature:full-vocab` for the "
+        "feature drafter's, with `+lookup` for methods with lookup); 'lookup rounds' is the share "
         "of rounds drafted by context lookup (`+lookup` methods); other shares are of the wall time.",
         "",
         "| method | tau | tau vs full | shortlist recall | head ms/step | head vs full | lookup rounds | draft | verify "
@@ -48,6 +48,7 @@ def markdown(results: dict, meta: dict) -> str:
     ]
     for name, row in aggregate.items():
         a = row["all"]
+        full = aggregate.get(_full_vocab_of(name), {}).get("all", {})  # the same drafter over the full vocabulary
         cells = [
             f"{a['tau']:.3f}",
             _ratio(a["tau"], full.get("tau")) if "shortlist_recall" in a else "-",  # evospec_hf's drafting methods
@@ -63,6 +64,13 @@ def markdown(results: dict, meta: dict) -> str:
         ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _full_vocab_of(method: str) -> str:
+    """The full-vocabulary method with the same drafter and lookup: `feature:evospec-16k+lookup` ->
+    `feature:full-vocab+lookup`."""
+    prefix = "feature:" if method.startswith("feature:") else ""
+    return prefix + "full-vocab" + ("+lookup" if method.endswith("+lookup") else "")
 
 
 def _ratio(value, reference) -> str:

@@ -5,7 +5,9 @@ The generator decides nothing itself. Each round it:
 1. asks its candidate sources in turn for up to the draft length rule's number of tokens: the context lookup
    (`lookup.py`, copies a continuation seen earlier), then the drafter, which drafts through the `DraftVocabulary`
    of `evospec_hf.vocab`: a token drafter (`token_drafter.py`), or a feature drafter reading the target's hidden
-   states (`feature_drafter.py`), which the generator then asks transformers' loop for;
+   states (`feature_drafter.py`), which the generator then asks transformers' loop for. A copy goes to the target
+   only if the draft length rule prefers it to the drafter's (`schedule.py`: the "cost" rule compares expected
+   tokens per second);
 2. cuts the drafts where a stopping criterion would fire (`stopping.py`);
 3. hands them to transformers, whose loop verifies them with the target over the full vocabulary;
 4. passes the verified round to its observers: the stats (`stats.py`), the draft length rule (`schedule.py`), and
@@ -154,11 +156,17 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
         draft = Draft("", input_ids.new_empty(0))
         room = self.max_length - input_ids.shape[1] - 1  # the target adds one token of its own
         if room > 0:
+            declined = None  # a copy the rule declined: still better than nothing if the drafter drafts nothing
             for source in self.sources:
                 proposed = source.propose(input_ids, min(self.length.length(source.name), room))
-                if proposed is not None:
+                if proposed is None:
+                    continue
+                if source is self.sources[-1] or self.length.prefer(proposed):
                     draft = proposed
                     break
+                declined = proposed
+            if len(draft) == 0 and declined is not None:
+                draft = declined
             draft = self.stop.trim(input_ids, draft)
         draft.seconds = time.perf_counter() - start
         for observer in self.observers:

@@ -47,14 +47,15 @@ class ContextLookup:
                 self.follows[tuple(tokens[end - n : end])] = end
             tokens.append(token)
 
-    def propose(self, limit: int) -> list[int]:
-        """Up to `limit` tokens that followed the longest earlier occurrence of the sequence's suffix ([] if none)."""
+    def propose(self, limit: int) -> tuple[list[int], int]:
+        """Up to `limit` tokens that followed the longest earlier occurrence of the sequence's suffix, and that
+        suffix's length (`([], 0)` if none occurred)."""
         tokens = self.tokens
         for n in range(min(self.max_ngram, len(tokens)), self.min_ngram - 1, -1):
             start = self.follows.get(tuple(tokens[len(tokens) - n :]))
             if start is not None:
-                return tokens[start : start + limit]
-        return []
+                return tokens[start : start + limit], n
+        return [], 0
 
 
 class LookupSource:
@@ -72,10 +73,10 @@ class LookupSource:
     def propose(self, input_ids: torch.LongTensor, limit: int) -> Draft | None:
         """Up to `limit` copied tokens after `input_ids` (`(1, seq_len)`), or None when the suffix never occurred."""
         self.table.extend(input_ids[0])
-        copied = self.table.propose(limit)
+        copied, match = self.table.propose(limit)
         if not copied:
             return None
-        return Draft(self.name, input_ids.new_tensor(copied))
+        return Draft(self.name, input_ids.new_tensor(copied), match=match)
 
     def close(self) -> None:
         pass

@@ -42,6 +42,8 @@ class Draft:
         steps: one `DraftStep` per drafted token (drafter rounds only).
         vocabulary: the `DraftVocabulary` the drafter drafted through (None: every token, or no drafter step).
         seconds: wall time to produce it; `head_seconds` of it in the drafter's LM head.
+        match: for copied drafts, the length of the suffix found earlier in the sequence (longer matches are
+            accepted more often); 0 otherwise.
     """
 
     source: str
@@ -51,6 +53,7 @@ class Draft:
     vocabulary: object | None = None
     seconds: float = 0.0
     head_seconds: float = 0.0
+    match: int = 0
 
     def __len__(self) -> int:
         return self.tokens.shape[0]

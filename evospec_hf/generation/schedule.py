@@ -46,6 +46,9 @@ class DraftLength(Protocol):
     def length(self, source: str) -> int:
         """How many tokens `source` may draft this round (at least 1, at most its upper bound)."""
 
+    def prefer(self, draft: Draft) -> bool:
+        """Whether to verify `draft` (a source's proposal) rather than ask the next source (the drafter)."""
+
     def handed_over(self, draft: Draft) -> None:
         """The round's drafts go to the target."""
 
@@ -72,13 +75,16 @@ def draft_length_rule(config, verify_seconds: dict | None = None) -> DraftLength
 
 
 class ConstantLength:
-    """Every round of a source drafts its starting length."""
+    """Every round of a source drafts its starting length; a copy from the context is always taken."""
 
     def __init__(self, limits: dict):
         self.limits = limits
 
     def length(self, source: str) -> int:
         return self.limits[source][0]
+
+    def prefer(self, draft: Draft) -> bool:
+        return True
 
     def handed_over(self, draft: Draft) -> None:
         pass
@@ -99,6 +105,9 @@ class HeuristicLength:
 
     def length(self, source: str) -> int:
         return self.lengths[source]
+
+    def prefer(self, draft: Draft) -> bool:
+        return True  # a copy from the context is always taken
 
     def handed_over(self, draft: Draft) -> None:
         pass
@@ -139,6 +148,23 @@ class CostAwareLength:
         start, upper = self.limits[source]
         return self.choose(source, upper, start=start)
 
+    def prefer(self, draft: Draft) -> bool:
+        """A copy from the context goes to the target only if it promises at least the drafter's tokens per second.
+
+        A copy costs no drafting, but its acceptance depends on how long the matched suffix was: a single matching
+        token predicts the next ones far worse than three. So copies are counted per match length, and the copy's
+        expected tokens per second at its length is compared with the drafter's best (with the drafter's own
+        acceptance and step time). Until the drafter's rounds are measured the copy is taken, as before.
+        """
+        if draft.source != "lookup" or not self.verify_seconds or "drafter" not in self.step_seconds:
+            return True  # not a copy, or the drafter's cost not measured yet
+        key = _match_key(draft)
+        a = self.acceptance(key) if key in self.counts else self.acceptance("lookup")
+        copy_rate = _expected(a, len(draft)) / self._verify_cost(len(draft))
+        upper = self.limits["drafter"][1]
+        drafter_rate = max(self._rate("drafter", k) for k in range(1, upper + 1))
+        return copy_rate >= drafter_rate
+
     def handed_over(self, draft: Draft) -> None:
         pass
 
@@ -146,6 +172,8 @@ class CostAwareLength:
         # the call's first verification also reads the whole prompt: its time is not a draft length's cost
         verify_seconds = None if result.prefill else result.verify_seconds
         self.observe(result.draft.source, result.drafted, result.accepted, verify_seconds, result.draft.seconds)
+        if result.draft.match and result.drafted > 0:  # copies also counted by the length of their match
+            self._count(_match_key(result.draft), result.drafted, result.accepted)
 
     def acceptance(self, source: str) -> float:
         accepted, rejected = self.counts.get(source, (1.0, 1.0))
@@ -156,15 +184,17 @@ class CostAwareLength:
         `upper`, while no verification has been measured)."""
         if upper <= 1 or not self.verify_seconds:
             return max(1, min(upper, start or upper))
-        a, step = self.acceptance(source), self.step_seconds.get(source, 0.0)
-        best, best_rate, expected, power = 1, -1.0, 1.0, 1.0
+        best, best_rate = 1, -1.0
         for k in range(1, upper + 1):
-            power *= a
-            expected += power  # 1 + a + ... + a^k
-            rate = expected / (k * step + self._verify_cost(k))
+            rate = self._rate(source, k)
             if rate > best_rate:
                 best, best_rate = k, rate
         return best
+
+    def _rate(self, source: str, k: int) -> float:
+        """Expected tokens per second of a round of k drafts from `source`."""
+        step = self.step_seconds.get(source, 0.0)
+        return _expected(self.acceptance(source), k) / (k * step + self._verify_cost(k))
 
     def _verify_cost(self, k: int) -> float:
         if k in self.verify_seconds:
@@ -179,13 +209,25 @@ class CostAwareLength:
         None: not a round's cost, e.g. the first verification of a call, which also reads the prompt)."""
         if drafted <= 0:
             return
-        counts = self.counts.setdefault(source, [1.0, 1.0])
-        counts[0] = self.decay * counts[0] + accepted
-        counts[1] = self.decay * counts[1] + (1.0 if accepted < drafted else 0.0)
+        self._count(source, drafted, accepted)
         if verify_seconds is not None:
             self.verify_seconds[drafted] = self._smooth(self.verify_seconds.get(drafted), verify_seconds)
         if source == "drafter":
             self.step_seconds[source] = self._smooth(self.step_seconds.get(source), draft_seconds / drafted)
 
+    def _count(self, key: str, drafted: int, accepted: int) -> None:
+        counts = self.counts.setdefault(key, [1.0, 1.0])
+        counts[0] = self.decay * counts[0] + accepted
+        counts[1] = self.decay * counts[1] + (1.0 if accepted < drafted else 0.0)
+
     def _smooth(self, old: float | None, new: float) -> float:
         return new if old is None else self.smoothing * old + (1.0 - self.smoothing) * new
+
+
+def _expected(a: float, k: int) -> float:
+    """Expected tokens of a round of k drafts each accepted with probability a: 1 + a + ... + a^k."""
+    return sum(a**i for i in range(k + 1))
+
+
+def _match_key(draft: Draft) -> str:
+    return f"lookup@{draft.match}"

@@ -19,18 +19,18 @@ def test_copies_what_followed_the_latest_occurrence_of_the_longest_suffix():
     #            0  1  2  3  4  5  6  7  8  9 10
     tokens = [5, 6, 7, 1, 9, 6, 7, 2, 3, 6, 7]
     # suffix (6, 7) last occurred at 5-6, followed by 2, 3, ...; (9, 6, 7) at 4-6 is longer but the suffix is (3, 6, 7)
-    assert lookup_of(tokens).propose(3) == [2, 3, 6]
-    assert lookup_of(tokens, max_ngram=3).propose(10) == [2, 3, 6, 7]  # runs up to the end of the sequence
+    assert lookup_of(tokens).propose(3) == ([2, 3, 6], 2)
+    assert lookup_of(tokens, max_ngram=3).propose(10) == ([2, 3, 6, 7], 2)  # runs up to the end of the sequence
     # a 3-gram match wins over a more recent 1-gram one
-    assert lookup_of([1, 2, 3, 8, 8, 3, 4, 1, 2, 3]).propose(2) == [8, 8]
+    assert lookup_of([1, 2, 3, 8, 8, 3, 4, 1, 2, 3]).propose(2) == ([8, 8], 3)
 
 
 def test_no_draft_without_an_earlier_occurrence():
-    assert lookup_of([1, 2, 3, 4]).propose(4) == []  # the suffix itself is not an earlier occurrence
-    assert lookup_of([]).propose(4) == []
+    assert lookup_of([1, 2, 3, 4]).propose(4) == ([], 0)  # the suffix itself is not an earlier occurrence
+    assert lookup_of([]).propose(4) == ([], 0)
     # (2, 9) never occurred and single tokens may not match
-    assert lookup_of([9, 1, 2, 9], min_ngram=2).propose(4) == []
-    assert lookup_of([9, 1, 2, 9], min_ngram=1).propose(4) == [1, 2, 9]
+    assert lookup_of([9, 1, 2, 9], min_ngram=2).propose(4) == ([], 0)
+    assert lookup_of([9, 1, 2, 9], min_ngram=1).propose(4) == ([1, 2, 9], 1)
 
 
 def test_reading_in_pieces_equals_reading_at_once():

@@ -3,7 +3,8 @@
 import torch
 
 from evospec_hf import DraftStats, EvoSpecConfig
-from evospec_hf.generation.schedule import CostAwareLength
+from evospec_hf.generation.rounds import Draft, RoundResult
+from evospec_hf.generation.schedule import CostAwareLength, draft_length_rule
 from evospec_hf.ops.calibration import forget_loaded, machine_costs
 
 from ..conftest import VOCAB_SIZE, noisy_copy, tiny_llama
@@ -42,6 +43,38 @@ def test_unmeasured_lengths_look_as_cheap_as_the_nearest_shorter_one():
     schedule.observe("lookup", drafted=5, accepted=1, verify_seconds=0.5, draft_seconds=0.0)
     assert schedule.verify_seconds[5] == 0.5
     assert schedule.choose("lookup", upper=5) < 5
+
+
+def copy_of(length, match):
+    return Draft("lookup", torch.arange(length), match=match)
+
+
+def test_a_copy_goes_only_where_it_promises_the_drafters_tokens_per_second():
+    limits = {"drafter": (4, 8), "lookup": (10, 10)}
+    schedule = CostAwareLength({k: 0.070 for k in range(1, 11)}, limits=limits)
+    assert schedule.prefer(copy_of(4, match=1))  # nothing known of either: copying is free, take it
+    schedule.counts["drafter"] = [8.0, 1.0]  # a drafter accepted 8 times out of 9
+    schedule.step_seconds["drafter"] = 0.005
+    schedule.counts["lookup@1"] = [1.0, 4.0]  # one-token matches mostly rejected
+    schedule.counts["lookup@3"] = [40.0, 1.0]  # three-token matches nearly always accepted
+    assert not schedule.prefer(copy_of(4, match=1))
+    assert schedule.prefer(copy_of(10, match=3))
+    assert not schedule.prefer(copy_of(10, match=2))  # never seen: the copies' overall acceptance (a prior of 0.5)
+    assert schedule.prefer(Draft("drafter", torch.arange(3)))  # only copies are weighed
+
+
+def test_copies_are_counted_by_the_length_of_their_match():
+    schedule = CostAwareLength({1: 0.1}, decay=0.5, limits={"drafter": (4, 8), "lookup": (10, 10)})
+    draft = copy_of(4, match=2)
+    schedule.verified(RoundResult(draft, 1, torch.zeros(1, 8, dtype=torch.long), None, 0.1, prefill=False))
+    assert schedule.counts["lookup@2"] == [1.5, 1.5] and schedule.counts["lookup"] == [1.5, 1.5]
+    assert "lookup@1" not in schedule.counts
+
+
+def test_the_other_rules_always_take_a_copy():
+    config = EvoSpecConfig(draft_schedule="heuristic")
+    assert draft_length_rule(config).prefer(copy_of(4, match=1))
+    assert draft_length_rule(EvoSpecConfig(draft_schedule="constant")).prefer(copy_of(4, match=1))
 
 
 def test_observations_move_acceptance_and_costs():
