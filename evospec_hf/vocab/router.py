@@ -10,6 +10,7 @@ one contiguous block, read in place. Clusters are added best first until the ste
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import threading
@@ -81,9 +82,10 @@ class RoutedHead:
         clusters: the `TokenClusters` it was trained for.
         lm_head_weight: `(vocab_size, hidden_size)` drafter LM head; a cluster-contiguous copy is made once.
         lm_head_bias: optional `(vocab_size,)` bias.
+        sorted_weight: the head's rows in the clusters' order, if already made (`load_routed_head` shares it).
     """
 
-    def __init__(self, router, clusters: TokenClusters, lm_head_weight, lm_head_bias):
+    def __init__(self, router, clusters: TokenClusters, lm_head_weight, lm_head_bias, sorted_weight=None):
         if clusters.vocab_size != lm_head_weight.shape[0]:
             raise ValueError(f"clusters cover {clusters.vocab_size} tokens, the LM head has {lm_head_weight.shape[0]}")
         if router.config["num_clusters"] != clusters.num_clusters:
@@ -94,8 +96,9 @@ class RoutedHead:
         self.order = clusters.order.to(device)
         self.offsets = clusters.offsets.tolist()
         self.sizes = clusters.sizes().to(device)
-        # the one full-size copy: rows in cluster order, so a cluster is a contiguous block (made once per drafter)
-        self.sorted_weight = lm_head_weight.index_select(0, self.order)
+        # the one full-size copy: rows in cluster order, so a cluster is a contiguous block (made once per drafter;
+        # `sorted_weight` passes one made before for the same head and cluster order)
+        self.sorted_weight = lm_head_weight.index_select(0, self.order) if sorted_weight is None else sorted_weight
         self.sorted_bias = None if lm_head_bias is None else lm_head_bias.index_select(0, self.order)
 
     @torch.no_grad()
@@ -131,8 +134,12 @@ class RoutedHead:
 
 # per drafter LM-head module: the cluster-sorted copy of the head is the costly part (a full-size copy). The lock
 # keeps two threads starting on one drafter from building it twice.
-_ROUTED_CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+# per LM-head module: {key: RoutedHead}, most recently used last. Several drafters of one target share its head
+# (a token and a feature drafter, say), and each has its own router, so one entry per head would rebuild at every
+# switch. The routed heads of one head share their cluster-sorted copy of it when their cluster order is the same.
+_ROUTED_CACHE: "weakref.WeakKeyDictionary[nn.Module, collections.OrderedDict]" = weakref.WeakKeyDictionary()
 _ROUTED_LOCK = threading.Lock()
+_ROUTED_PER_HEAD = 4
 
 
 def resolve_router_folder(router_path, drafter) -> str:
@@ -159,10 +166,21 @@ def load_routed_head(router_path, drafter, lm_head: nn.Module) -> RoutedHead:
     bias = getattr(lm_head, "bias", None)
     key = (folder, stamps, lm_head.weight._version, None if bias is None else bias._version)
     with _ROUTED_LOCK:
-        cached_key, routed = _ROUTED_CACHE.get(lm_head, (None, None))
-        if cached_key != key:
-            weight = lm_head.weight.detach()
-            clusters = TokenClusters.load(folder, vocab_size=weight.shape[0])
-            routed = RoutedHead(ClusterRouter.load(folder), clusters, weight, None if bias is None else bias.detach())
-            _ROUTED_CACHE[lm_head] = (key, routed)
+        cached = _ROUTED_CACHE.setdefault(lm_head, collections.OrderedDict())
+        if key in cached:
+            cached.move_to_end(key)
+            return cached[key]
+        weight = lm_head.weight.detach()
+        clusters = TokenClusters.load(folder, vocab_size=weight.shape[0])
+        version = key[2:]  # the head's weights (and bias) as they are now
+        same_rows = (
+            r for k, r in cached.items() if k[2:] == version and torch.equal(r.order.cpu(), clusters.order.cpu())
+        )
+        shared = next((r.sorted_weight for r in same_rows), None)
+        routed = RoutedHead(
+            ClusterRouter.load(folder), clusters, weight, None if bias is None else bias.detach(), sorted_weight=shared
+        )
+        cached[key] = routed
+        while len(cached) > _ROUTED_PER_HEAD:
+            cached.popitem(last=False)
     return routed

@@ -4,7 +4,7 @@ import torch
 from evospec_hf import EvoSpecConfig
 from evospec_hf.ops import sparse_lm_head_reference
 from evospec_hf.vocab.clusters import TokenClusters, cluster_vocabulary
-from evospec_hf.vocab.router import ClusterRouter, RoutedHead
+from evospec_hf.vocab.router import ClusterRouter, RoutedHead, load_routed_head
 
 
 def test_cluster_sizes_are_bounded_and_cover_the_vocabulary():
@@ -50,6 +50,30 @@ def test_routed_head_reads_the_selected_clusters_within_budget():
     ids, logits = head.logits(hidden, chosen)
     assert sorted(ids.tolist()) == sorted(clusters.tokens_of(torch.tensor(chosen)).tolist())
     torch.testing.assert_close(logits, sparse_lm_head_reference(hidden, weight, ids, bias))
+
+
+def test_drafters_sharing_a_head_keep_their_routed_heads_and_share_the_sorted_rows(tmp_path):
+    """Two drafters of one target share its LM head (a token and a feature drafter), each with its own router:
+    switching between them reuses what was built, and one cluster-sorted copy of the head serves both."""
+    head = torch.nn.Linear(8, 60, bias=False)
+    clusters = TokenClusters.from_assignment(torch.arange(60) % 6)
+    folders = []
+    for name, seed in [("a", 0), ("b", 1)]:
+        folder = tmp_path / name
+        folder.mkdir()
+        torch.manual_seed(seed)
+        ClusterRouter(8, 6).save(folder)
+        clusters.save(folder)
+        folders.append(folder)
+    first = load_routed_head(folders[0], None, head)
+    second = load_routed_head(folders[1], None, head)
+    assert second is not first and second.sorted_weight is first.sorted_weight
+    assert load_routed_head(folders[0], None, head) is first  # not rebuilt after the other drafter ran
+    other = tmp_path / "c"
+    other.mkdir()
+    ClusterRouter(8, 6).save(other)
+    TokenClusters.from_assignment((torch.arange(60) + 1) % 6).save(other)  # another order: its own sorted copy
+    assert load_routed_head(other, None, head).sorted_weight is not first.sorted_weight
 
 
 def test_router_round_trip(tmp_path):
