@@ -16,6 +16,8 @@ class DraftStats:
         drafted: tokens proposed (by the drafter and the context lookup).
         accepted: proposed tokens the target accepted.
         accepted_per_round: tokens accepted in each round, in order (for curves of tau over time).
+        sources_per_round: where each round's drafts came from, in order: "drafter", "lookup", or "" when nothing
+            was drafted (appended when the drafts go to the target, so a streamer can label a round's tokens).
         checked, in_shortlist: verified positions that had a drafter step, and how many of the target's tokens there
             were inside that step's vocabulary (`shortlist_recall`).
         draft_seconds: wall time drafting (drafter body, vocabulary upkeep, routing and LM head, lookups), of which
@@ -32,6 +34,7 @@ class DraftStats:
     drafted: int = 0
     accepted: int = 0
     accepted_per_round: list = field(default_factory=list)
+    sources_per_round: list = field(default_factory=list)
     checked: int = 0
     in_shortlist: int = 0
     draft_seconds: float = 0.0
@@ -77,6 +80,7 @@ class DraftStats:
         self.head_seconds += draft.head_seconds
         self.head_steps += len(draft.steps)
         self.lookup_rounds += draft.source == "lookup"
+        self.sources_per_round.append(draft.source if len(draft) else "")
 
     def verified(self, result: RoundResult) -> None:
         self.rounds += 1

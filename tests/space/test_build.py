@@ -1,0 +1,25 @@
+"""`scripts/build_space.py`: a Space folder that deploys as it is."""
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_space_folder_holds_the_app_its_source_and_checkpoints(tmp_path):
+    spec = importlib.util.spec_from_file_location("build_space", ROOT / "scripts" / "build_space.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = module.build(tmp_path / "space")
+    front_matter = (out / "README.md").read_text().split("---")[1]
+    for line in ("sdk: gradio", "app_file: app.py", "license: apache-2.0", "google/gemma-3-270m"):
+        assert line in front_matter
+    assert (out / "app.py").read_text() == (ROOT / "examples" / "space" / "app.py").read_text()
+    # requirements.txt installs the copied source, with the extras the app needs
+    requirement = next(line for line in (out / "requirements.txt").read_text().splitlines() if line[:1] not in "#")
+    assert requirement.startswith("./evospec_hf_src[") and "real" in requirement and "demo" in requirement
+    assert (out / "evospec_hf_src" / "setup.cfg").is_file() and (out / "evospec_hf_src" / "evospec_hf" / "__init__.py").is_file()
+    assert "demo =" in (out / "evospec_hf_src" / "setup.cfg").read_text()
+    for name in module.CHECKPOINTS:
+        assert (out / "checkpoints" / name / "evospec_drafter.json").is_file()
+    assert not list(out.rglob("__pycache__"))
