@@ -87,7 +87,8 @@ def main():
         del weight
 
     print(f"\n|V|={args.vocab_size:,} d={args.hidden_size}; median ms (L2 flushed); 'of roofline' = floor / time")
-    header = f"{'dtype':<9}{'M':>3}{'N':>8}{'floor':>9}{'triton':>9}{'of roof':>9}{'packed':>9}{'gather':>9}{'full':>9}"
+    header = f"{'dtype':<9}{'M':>3}{'N':>8}{'floor':>9}{'triton':>9}{'of roof':>9}"
+    header += f"{'packed':>9}{'gather':>9}{'full':>9}"
     print(header + f"{'err':>10}")
     for r in rows:
         print(

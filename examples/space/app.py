@@ -137,6 +137,9 @@ class Models:
     def names(self) -> list[str]:
         return list(self.loaders)
 
+    def loaded(self, name: str) -> bool:
+        return name in self._pairs
+
     def get(self, name: str) -> Pair:
         if name not in self.loaders:
             raise gr.Error(f"Unknown model {name!r}.")
@@ -273,6 +276,8 @@ def build_demo(models: Models, concurrency: int = 1) -> gr.Blocks:
             text = (prompt_text or "").strip()
             if not text:
                 raise gr.Error("Type a prompt (or pick an example) first.")
+            if not models.loaded(model_name):
+                yield {verdict: f"Loading {model_name} (once per process; the first time a few minutes)..."}
             pair = models.get(model_name)
             input_ids = pair.tokenizer(text, return_tensors="pt").input_ids
             if input_ids.shape[1] > MAX_PROMPT_TOKENS:
@@ -286,6 +291,7 @@ def build_demo(models: Models, concurrency: int = 1) -> gr.Blocks:
                 session = state.get(model_name) or EvoSpecSession(pair.adapting, OnlineAlignmentConfig())
                 state = {**state, model_name: session}
             decoding = dict(do_sample=True, temperature=0.7) if sample else dict(do_sample=False)
+            decoding_name = "sampling" if sample else "greedy"
             cancel = threading.Event()
             stop = StoppingCriteriaList([_Cancelled(cancel)])
             threads = []
@@ -302,7 +308,7 @@ def build_demo(models: Models, concurrency: int = 1) -> gr.Blocks:
                     rate = seen / max(time.perf_counter() - start, 1e-6)
                     yield {
                         plain_out: pair.tokenizer.decode(counter.tokens, skip_special_tokens=True),
-                        plain_speed: f"**plain {'sampling' if sample else 'greedy'}**: {seen} tokens, {rate:.1f} tokens/s",
+                        plain_speed: f"**plain {decoding_name}**: {seen} tokens, {rate:.1f} tokens/s",
                         evo_out: [], evo_speed: "**evospec_hf**: waiting for plain greedy to finish", verdict: "",
                         stats_md: "", session_md: session_summary(session), sessions: state,
                     }  # fmt: skip
@@ -365,7 +371,10 @@ def build_demo(models: Models, concurrency: int = 1) -> gr.Blocks:
             run, [prompt, model, mode, size, lookup, learning, sampling, max_new, sessions], outputs,
             concurrency_limit=concurrency, concurrency_id="generate",
         )  # fmt: skip
-        stop_button.click(None, None, None, cancels=[event])
+        stop_button.click(
+            lambda: "**Stopped.** The run was cancelled (its generation ends at the next token); run again any time.",
+            None, verdict, cancels=[event],
+        )  # fmt: skip
         reset_button.click(reset, [sessions], [sessions, session_md])
     return demo
 

@@ -214,6 +214,7 @@ def test_bad_input_gets_a_message_and_the_app_keeps_working(app, tiny, browser):
         page.get_by_role("button", name="Run", exact=True).click()
         page.locator("#plain-speed").get_by_text("tokens/s").wait_for(timeout=60_000)
         page.get_by_role("button", name="Stop").click()
+        page.locator("#verdict").get_by_text("Stopped").wait_for(timeout=30_000)
         run_prompt(page, "hello again")
         context.close()
     finally:

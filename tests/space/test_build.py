@@ -1,6 +1,8 @@
 """`scripts/build_space.py`: a Space folder that deploys as it is."""
 
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -18,8 +20,14 @@ def test_the_space_folder_holds_the_app_its_source_and_checkpoints(tmp_path):
     # requirements.txt installs the copied source, with the extras the app needs
     requirement = next(line for line in (out / "requirements.txt").read_text().splitlines() if line[:1] not in "#")
     assert requirement.startswith("./evospec_hf_src[") and "real" in requirement and "demo" in requirement
-    assert (out / "evospec_hf_src" / "setup.cfg").is_file() and (out / "evospec_hf_src" / "evospec_hf" / "__init__.py").is_file()
-    assert "demo =" in (out / "evospec_hf_src" / "setup.cfg").read_text()
+    source = out / "evospec_hf_src"
+    assert (source / "setup.cfg").is_file() and (source / "evospec_hf" / "__init__.py").is_file()
+    assert "demo =" in (source / "setup.cfg").read_text()
+    # the copied source builds (what the Space's `pip install -r requirements.txt` does first)
+    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(source)]
+    built = subprocess.run([*command, "-w", str(tmp_path)], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    assert list(tmp_path.glob("evospec_hf-*.whl"))
     for name in module.CHECKPOINTS:
         assert (out / "checkpoints" / name / "evospec_drafter.json").is_file()
     assert not list(out.rglob("__pycache__"))
