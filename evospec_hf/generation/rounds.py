@@ -65,7 +65,7 @@ class Draft:
         logits = None if self.logits is None else self.logits[:, :length]
         return Draft(
             self.source, self.tokens[:length], logits, self.steps[:length], self.vocabulary, self.seconds,
-            self.head_seconds,
+            self.head_seconds, self.match,
         )  # fmt: skip
 
     def vocabulary_hits(self, targets: torch.Tensor) -> tuple[int, int]:

@@ -136,3 +136,22 @@ def test_report_files(tmp_path):
     assert "| full-vocab |" in text and "topic-switch" in text
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["meta"]["target"] == "tiny" and len(saved["prompts"]) == 2
+
+
+def test_vs_full_compares_each_method_with_its_own_drafters_full_vocabulary():
+    from evospec_hf.bench.report import markdown
+
+    def row(tau, head):
+        cells = {"speedup": 1.0, "tokens_per_s": 1.0, "tau": tau, "shortlist_recall": 1.0, "head_ms_per_step": head}
+        return {"all": cells, "by_domain": {"code": cells}}
+
+    aggregate = {
+        "full-vocab": row(1.0, 40.0), "evospec-16k": row(1.1, 4.0),
+        "feature:full-vocab": row(2.0, 40.0), "feature:evospec-16k": row(2.2, 2.0),
+        "feature:full-vocab+lookup": row(4.0, 40.0), "feature:evospec-16k+lookup": row(3.0, 8.0),
+    }  # fmt: skip
+    results = {"aggregate": aggregate, "prompts": [{"domain": "code"}]}
+    lines = {line.split("|")[1].strip(): line for line in markdown(results, {}).splitlines() if line.startswith("| ")}
+    assert "| 110.0% |" in lines["evospec-16k"] and "| 10.0% |" in lines["evospec-16k"]
+    assert "| 110.0% |" in lines["feature:evospec-16k"] and "| 5.0% |" in lines["feature:evospec-16k"]
+    assert "| 75.0% |" in lines["feature:evospec-16k+lookup"] and "| 20.0% |" in lines["feature:evospec-16k+lookup"]

@@ -117,6 +117,33 @@ def test_training_resumes_where_it_stopped(target, chunks, tmp_path, monkeypatch
         torch.testing.assert_close(a, b, msg=name)
 
 
+def test_a_time_budget_shortens_the_run_and_anneals_over_what_fits(target, chunks, tmp_path, monkeypatch):
+    """Each step 'takes' one second (a clock that the optimiser's step moves): a 45-second budget fits about 45 of
+    100 steps, and the learning rate reaches the end of its cosine there, not halfway."""
+    import evospec_hf.distill.feature as feature
+
+    records = records_of(cache_teacher(target, chunks, tmp_path / "teacher", (-1,), topk=8, progress=False))
+    clock = [0.0]
+    monkeypatch.setattr(feature.time, "monotonic", lambda: clock[0])
+    drafter = feature_drafter_from_target(target, 1)
+    for name, p in drafter.named_parameters():
+        p.requires_grad_(".layers." in name or "evospec" in name)
+    rates = []
+    step = torch.optim.AdamW.step
+
+    def recording_step(self, *args, **kwargs):
+        rates.append(self.param_groups[0]["lr"])
+        clock[0] += 1.0
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    history = train(drafter, records, Accelerator(cpu=True), 100, 2, 1e-3, tmp_path / "state.pt", negatives=16,
+                    save_every=1000, progress=False, time_budget_s=45)  # fmt: skip
+    assert 40 <= len(history) <= 50
+    assert rates[-1] < 0.01 * 1e-3  # annealed by the end of the shortened run
+    assert torch.load(tmp_path / "state.pt", weights_only=False)["total_steps"] == len(history)
+
+
 @pytest.mark.slow
 def test_accelerate_launch_two_cpu_processes_matches_one(target, chunks, tmp_path):
     """`accelerate launch --num_processes 2` on CPU (gloo): each process caches half the teacher shards and trains

@@ -71,6 +71,10 @@ def test_copies_are_counted_by_the_length_of_their_match():
     assert "lookup@1" not in schedule.counts
 
 
+def test_a_copy_cut_by_the_stop_check_keeps_its_match_length():
+    assert copy_of(6, match=3).truncate(2).match == 3
+
+
 def test_the_other_rules_always_take_a_copy():
     config = EvoSpecConfig(draft_schedule="heuristic")
     assert draft_length_rule(config).prefer(copy_of(4, match=1))
@@ -115,7 +119,8 @@ def test_the_prefill_is_not_timed_as_a_round(monkeypatch):
     target = tiny_llama(seed=0)
     seen = []
     monkeypatch.setattr(CostAwareLength, "observe", lambda self, *args: seen.append(args))
-    config = EvoSpecConfig(num_draft_tokens=3, lookup_tokens=0, draft_schedule="cost")
+    # at most 3 drafts a round, so every call has several rounds whatever lengths the measured costs favour
+    config = EvoSpecConfig(num_draft_tokens=3, max_draft_tokens=3, lookup_tokens=0, draft_schedule="cost")
     for _ in range(2):  # each call's first round is a prefill
         target.generate(torch.tensor([[4, 5, 6]]), max_new_tokens=12, do_sample=False, assistant_model=target,
                         evospec_config=config)  # fmt: skip
