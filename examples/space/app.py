@@ -45,6 +45,7 @@ CHECKPOINTS = Path(
     or (HERE / "checkpoints" if (HERE / "checkpoints").is_dir() else HERE.parent.parent / "checkpoints")
 )
 MAX_PROMPT_TOKENS = 512
+STOPPED = "**Stopped.** The run was cancelled at its next token; run again any time."
 MAX_NEW_TOKENS = 256
 COLORS = {"drafted": "#7dd3a8", "copied": "#8ab4f8", "target": "#f6b26b"}
 LEGEND = (
@@ -233,6 +234,7 @@ def session_summary(session: EvoSpecSession | None) -> str:
 def build_demo(models: Models, concurrency: int = 1) -> gr.Blocks:
     with gr.Blocks(title="evospec_hf: speculative decoding you can see", analytics_enabled=False) as demo:
         sessions = gr.State({})  # per browser session: {model name: EvoSpecSession}
+        running: dict[str, threading.Event] = {}  # browser session -> its run's cancel flag (Stop sets it)
         gr.Markdown(
             "# evospec_hf: speculative decoding you can see\n"
             "A small drafter proposes tokens over a context-dependent shortlist of the vocabulary; the target "
@@ -272,7 +274,10 @@ def build_demo(models: Models, concurrency: int = 1) -> gr.Blocks:
 
         outputs = [plain_out, plain_speed, evo_out, evo_speed, verdict, stats_md, plot, session_md, sessions]
 
-        def run(prompt_text, model_name, mode_name, size_value, use_lookup, learn, sample, max_new_tokens, state):
+        def run(
+            prompt_text, model_name, mode_name, size_value, use_lookup, learn, sample, max_new_tokens, state,
+            request: gr.Request,
+        ):  # fmt: skip
             text = (prompt_text or "").strip()
             if not text:
                 raise gr.Error("Type a prompt (or pick an example) first.")
@@ -292,7 +297,7 @@ def build_demo(models: Models, concurrency: int = 1) -> gr.Blocks:
                 state = {**state, model_name: session}
             decoding = dict(do_sample=True, temperature=0.7) if sample else dict(do_sample=False)
             decoding_name = "sampling" if sample else "greedy"
-            cancel = threading.Event()
+            cancel = running[request.session_hash] = threading.Event()
             stop = StoppingCriteriaList([_Cancelled(cancel)])
             threads = []
             common = dict(input_ids=input_ids, max_new_tokens=max_new_tokens, stopping_criteria=stop, **decoding)
@@ -314,6 +319,9 @@ def build_demo(models: Models, concurrency: int = 1) -> gr.Blocks:
                     }  # fmt: skip
                 thread.join()
                 _raise(plain)
+                if cancel.is_set():
+                    yield {verdict: STOPPED}
+                    return
                 plain_seconds = time.perf_counter() - start
                 plain_tokens = len(counter.tokens)
                 # 2. evospec_hf, streamed with each token's source
@@ -344,6 +352,9 @@ def build_demo(models: Models, concurrency: int = 1) -> gr.Blocks:
                     }
                 thread.join()
                 _raise(evo)
+                if cancel.is_set():
+                    yield {verdict: STOPPED}
+                    return
                 evo_seconds = time.perf_counter() - start
                 yield {
                     evo_out: [(piece, label) for piece, label in spans if piece],
@@ -358,7 +369,8 @@ def build_demo(models: Models, concurrency: int = 1) -> gr.Blocks:
                     sessions: state,
                 }  # fmt: skip
             finally:
-                cancel.set()  # a run cut short (Stop, or the visitor left) ends its generate calls at the next token
+                cancel.set()  # a run cut short (the visitor left) ends its generate calls at the next token
+                running.pop(request.session_hash, None)
                 for thread in threads:
                     thread.join(timeout=60)
 
@@ -367,14 +379,19 @@ def build_demo(models: Models, concurrency: int = 1) -> gr.Blocks:
                 session.reset()
             return {}, session_summary(None)
 
-        event = run_button.click(
+        run_button.click(
             run, [prompt, model, mode, size, lookup, learning, sampling, max_new, sessions], outputs,
             concurrency_limit=concurrency, concurrency_id="generate",
         )  # fmt: skip
-        stop_button.click(
-            lambda: "**Stopped.** The run was cancelled (its generation ends at the next token); run again any time.",
-            None, verdict, cancels=[event],
-        )  # fmt: skip
+
+        def stop(request: gr.Request):
+            """Stop: the run's stopping criterion ends its generate call at the next token, and the run says so."""
+            event = running.get(request.session_hash)
+            if event is not None:
+                event.set()
+            return STOPPED
+
+        stop_button.click(stop, None, verdict)
         reset_button.click(reset, [sessions], [sessions, session_md])
     return demo
 
