@@ -154,12 +154,16 @@ class CostAwareLength:
         A copy costs no drafting, but its acceptance depends on how long the matched suffix was: a single matching
         token predicts the next ones far worse than three. So copies are counted per match length, and the copy's
         expected tokens per second at its length is compared with the drafter's best (with the drafter's own
-        acceptance and step time). Until the drafter's rounds are measured the copy is taken, as before.
+        acceptance and step time). Until the drafter's rounds are measured the copy is taken, as before, and so is
+        the first copy from each match length (declined copies teach nothing, so an untried length would never be
+        tried once the drafter looks good).
         """
         if draft.source != "lookup" or not self.verify_seconds or "drafter" not in self.step_seconds:
             return True  # not a copy, or the drafter's cost not measured yet
         key = _match_key(draft)
-        a = self.acceptance(key) if key in self.counts else self.acceptance("lookup")
+        if key not in self.counts:
+            return True  # copies from a match this long never tried in this call: try one, then it knows
+        a = self.acceptance(key)
         copy_rate = _expected(a, len(draft)) / self._verify_cost(len(draft))
         upper = self.limits["drafter"][1]
         drafter_rate = max(self._rate("drafter", k) for k in range(1, upper + 1))

@@ -59,7 +59,9 @@ def test_a_copy_goes_only_where_it_promises_the_drafters_tokens_per_second():
     schedule.counts["lookup@3"] = [40.0, 1.0]  # three-token matches nearly always accepted
     assert not schedule.prefer(copy_of(4, match=1))
     assert schedule.prefer(copy_of(10, match=3))
-    assert not schedule.prefer(copy_of(10, match=2))  # never seen: the copies' overall acceptance (a prior of 0.5)
+    assert schedule.prefer(copy_of(10, match=2))  # never tried: tried once, so that it gets measured
+    schedule.counts["lookup@2"] = [1.0, 3.0]
+    assert not schedule.prefer(copy_of(10, match=2))
     assert schedule.prefer(Draft("drafter", torch.arange(3)))  # only copies are weighed
 
 
