@@ -269,7 +269,9 @@ def build_demo(models: Models, concurrency: int = 1) -> gr.Blocks:
                 gr.Markdown(LEGEND)
         verdict = gr.Markdown(elem_id="verdict")
         stats_md = gr.Markdown(elem_id="stats")
-        plot = gr.LinePlot(x="round", y="accepted drafts", title="accepted drafts per round", height=220)
+        plot = gr.LinePlot(
+            x="round", y="accepted drafts", title="accepted drafts per round", height=220, elem_id="plot"
+        )
         session_md = gr.Markdown(session_summary(None), elem_id="session")
 
         outputs = [plain_out, plain_speed, evo_out, evo_speed, verdict, stats_md, plot, session_md, sessions]

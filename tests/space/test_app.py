@@ -143,6 +143,11 @@ def run_prompt(page, text, learning=False, max_new_tokens=None, timeout=120_000)
     verdict.wait_for(timeout=timeout)
 
 
+def wait_for_plot(page):
+    """The acceptance plot draws after the run's last update (Vega renders it asynchronously)."""
+    page.wait_for_function("document.querySelector('#plot canvas, #plot svg') !== null", timeout=30_000)
+
+
 def evo_pieces(page) -> list[tuple[str, str]]:
     """(text, label) of each coloured token in evospec_hf's output, read from the page; newlines, which the page
     draws as line breaks between tokens, as ("\\n", "line break")."""
@@ -189,6 +194,7 @@ def test_a_run_shows_identical_outputs_coloured_tokens_and_statistics(app, tiny,
             assert name in stats
         assert "tokens/s" in page.locator("#plain-speed").inner_text()
         assert "tokens/s" in page.locator("#evo-speed").inner_text()
+        wait_for_plot(page)
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOTS / "tiny-run.png"), full_page=True)
         assert errors == []
@@ -268,6 +274,7 @@ def test_real_gemma_in_the_browser(app, browser):
         pieces = evo_pieces(page)
         assert plain and "".join(text for text, _ in pieces) == plain
         assert {"drafted", "target"} <= {label for _, label in pieces}
+        wait_for_plot(page)
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOTS / "gemma-run.png"), full_page=True)
         assert errors == []
