@@ -165,9 +165,7 @@ class CostAwareLength:
             return True  # copies from a match this long never tried in this call: try one, then it knows
         a = self.acceptance(key)
         copy_rate = _expected(a, len(draft)) / self._verify_cost(len(draft))
-        upper = self.limits["drafter"][1]
-        drafter_rate = max(self._rate("drafter", k) for k in range(1, upper + 1))
-        return copy_rate >= drafter_rate
+        return copy_rate >= self._best("drafter", self.limits["drafter"][1])[1]
 
     def handed_over(self, draft: Draft) -> None:
         pass
@@ -188,17 +186,14 @@ class CostAwareLength:
         `upper`, while no verification has been measured)."""
         if upper <= 1 or not self.verify_seconds:
             return max(1, min(upper, start or upper))
-        best, best_rate = 1, -1.0
-        for k in range(1, upper + 1):
-            rate = self._rate(source, k)
-            if rate > best_rate:
-                best, best_rate = k, rate
-        return best
+        return self._best(source, upper)[0]
 
-    def _rate(self, source: str, k: int) -> float:
-        """Expected tokens per second of a round of k drafts from `source`."""
-        step = self.step_seconds.get(source, 0.0)
-        return _expected(self.acceptance(source), k) / (k * step + self._verify_cost(k))
+    def _best(self, source: str, upper: int) -> tuple[int, float]:
+        """The length in `1..upper` with the most expected tokens per second for `source`, and that rate."""
+        a, step = self.acceptance(source), self.step_seconds.get(source, 0.0)
+        rates = [(_expected(a, k) / (k * step + self._verify_cost(k)), -k) for k in range(1, upper + 1)]
+        rate, k = max(rates)  # the shortest length among equal rates
+        return -k, rate
 
     def _verify_cost(self, k: int) -> float:
         if k in self.verify_seconds:

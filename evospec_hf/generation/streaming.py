@@ -47,10 +47,12 @@ class SourceStreamer(BaseStreamer):
         self.tokens: list[int] = []
         self.labels: list[str] = []
         self._prompt_pending = True
-        self._emitted = ""  # decoded text handed out so far
+        self._read: list[int] = []  # the tokens the reader has decoded
+        self._emitted = ""  # their text handed out so far
         self._queue: queue.Queue = queue.Queue()
         self._done = object()
 
+    # -- called by `generate`, inside its round loop: record and hand over, no decoding here ---------------------
     def put(self, value) -> None:
         ids = value.flatten().tolist()
         if self._prompt_pending:  # `generate` streams the prompt first: not output
@@ -59,21 +61,19 @@ class SourceStreamer(BaseStreamer):
         source = self.stats.sources_per_round[-1] if self.stats.sources_per_round else ""
         drafted = _LABEL_OF_SOURCE.get(source, "target")
         labels = [drafted] * (len(ids) - 1) + ["target"]  # the accepted drafts, then the target's own token
-        self._queue.put(self._pieces(ids, labels))
+        self.tokens += ids
+        self.labels += labels
+        self._queue.put((ids, labels))
 
     def end(self) -> None:
-        tail = self.tokenizer.decode(self.tokens, skip_special_tokens=True)[len(self._emitted) :]
-        if tail:  # text held back at the end of a round (an unfinished character) that never resolved
-            self._queue.put([(tail, self.labels[-1] if self.labels else "target")])
-            self._emitted += tail
         self._queue.put(self._done)
 
+    # -- the reader's side: decoding ---------------------------------------------------------------------------
     def _pieces(self, ids: list[int], labels: list[str]) -> list[tuple[str, str]]:
         pieces = []
         for token, label in zip(ids, labels):
-            self.tokens.append(token)
-            self.labels.append(label)
-            text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+            self._read.append(token)
+            text = self.tokenizer.decode(self._read, skip_special_tokens=True)
             text = text.rstrip("\ufffd")  # a character split across tokens: wait for its last byte
             piece = text[len(self._emitted) :] if text.startswith(self._emitted) else ""
             self._emitted += piece
@@ -85,6 +85,11 @@ class SourceStreamer(BaseStreamer):
 
     def __next__(self) -> list[tuple[str, str]]:
         item = self._queue.get(timeout=self.timeout)
-        if item is self._done:
-            raise StopIteration
-        return item
+        if item is not self._done:
+            return self._pieces(*item)
+        tail = self.tokenizer.decode(self._read, skip_special_tokens=True)[len(self._emitted) :]
+        if tail:  # text held back at the end (an unfinished character) that never resolved
+            self._emitted += tail
+            self._queue.put(self._done)
+            return [(tail, self.labels[-1] if self.labels else "target")]
+        raise StopIteration
