@@ -239,6 +239,18 @@ class EvoSpecConfig(JsonConfigMixin):
             )
         },
     )
+    entropy_stop: bool = field(
+        default=False,
+        metadata={
+            "help": (
+                "AdaSD's entropy stop (lossless): a round stops drafting before a token whose draft distribution's "
+                "entropy is above a threshold that the call learns from verification (halfway between the mean "
+                "entropy of accepted and of rejected drafts; no value to tune). The first draft of a round is "
+                "always kept. It cuts rounds within the length `draft_schedule` chose (and does not apply to "
+                "copied drafts). Output is unchanged."
+            )
+        },
+    )
     lookup_tokens: int = field(
         default=10,
         metadata={
@@ -316,6 +328,7 @@ class EvoSpecConfig(JsonConfigMixin):
         check_choice("head_backend", self.head_backend, HEAD_BACKENDS)
         check_number("confidence_threshold", self.confidence_threshold, above=0, below=1, optional=True)
         check_bool("fast_verify_head", self.fast_verify_head)
+        check_bool("entropy_stop", self.entropy_stop)
 
         # relations between fields
         if self.lookup_min_ngram > self.lookup_max_ngram:

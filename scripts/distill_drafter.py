@@ -123,6 +123,9 @@ def main():
     feature.add_argument("--steps", type=int, default=None, help="optimiser steps (default: from --epochs)")
     feature.add_argument("--time-budget", type=float, default=None,
                          help="minutes for the training steps (on a lent GPU, say): fewer steps if --steps does not fit")
+    feature.add_argument("--finish-by", type=float, default=None, metavar="UNIX_TIME",
+                         help="end the training steps in time to evaluate and save by this clock time (a lease's "
+                              "end): sets --time-budget once the teacher cache is ready")
     feature.add_argument("--data", default="mixture", choices=("mixture", "domains"),
                          help="mixture: every kind of text in evospec_hf.data plus --continuations; domains: the four "
                               "domain corpora only")
@@ -132,6 +135,16 @@ def main():
     feature.add_argument("--export-chunks", default=None, metavar="FILE",
                          help="write the token chunks (as --chunks-file reads them) to FILE and stop: for a machine "
                               "that has the target but not the corpora, e.g. a lent GPU")
+    feature.add_argument("--prompts-per-kind", type=int, default=0,
+                         help="with --export-chunks: also write this many prompts of each kind (from the train split), "
+                              "for --continuation-tokens on the machine that reads the file")
+    feature.add_argument("--continuation-tokens", type=int, default=0,
+                         help="generate the target's greedy continuations (this many new tokens) of the chunks file's "
+                              "prompts here, batched, and train on them too (kept in --out: resumes)")
+    feature.add_argument("--generation-batch", type=int, default=64, help="prompts per generate call")
+    feature.add_argument("--init-adapter", default=None, metavar="DIR",
+                         help="start from this feature checkpoint's adapter (a folder EvoSpecDrafter saved) instead "
+                              "of a fresh one: continue training a shipped drafter on more text")
     feature.add_argument("--target-name", default=None, help="the name recorded in the checkpoint (default --target)")
     feature.add_argument("--no-static-table", action="store_true", help="do not build the static shortlist table")
     feature.add_argument("--cpu", action="store_true", help="run on CPU even when a GPU is present")
@@ -238,7 +251,7 @@ def training_chunks(args, tokenizer) -> tuple[list, list]:
     """(train, heldout) lists of `(kind, ids)`: `--chunks-file`, else the corpora (and continuations)."""
     if args.chunks_file:
         chunks = torch.load(args.chunks_file)
-        return list(chunks["train"]), list(chunks["heldout"])
+        return [(k, ids.long()) for k, ids in chunks["train"]], [(k, ids.long()) for k, ids in chunks["heldout"]]
     if args.data == "domains":
         return (
             token_chunks(tokenizer, "train", args.seq_len, args.train_chunks, args.seed),
@@ -251,6 +264,40 @@ def training_chunks(args, tokenizer) -> tuple[list, list]:
     if args.continuations:
         train += data.continuation_chunks(args.continuations)
     return train, heldout
+
+
+def continuations_here(args, target, tokenizer, accelerator, out: Path) -> list:
+    """The target's greedy continuations of the chunks file's prompts, generated on this machine in batches, as
+    training chunks `(kind, ids)` of `--seq-len` tokens (prompt + continuation, one after another). Each process generates its share of the prompts and keeps it
+    in `out` (a restart reuses it); every process returns all of them."""
+    from evospec_hf.data.continuations import greedy_continuations
+
+    prompts = torch.load(args.chunks_file).get("prompts", [])
+    if not prompts:
+        raise SystemExit(f"{args.chunks_file} has no prompts: export it with --prompts-per-kind")
+    rank, world = accelerator.process_index, accelerator.num_processes
+    path = out / f"continuations-{args.continuation_tokens}-{rank}-of-{world}.pt"
+    if not path.exists():
+        mine = prompts[rank::world]
+        mine = sorted(mine, key=lambda p: len(p[1]))  # similar lengths together: less padding
+        rows = []
+        for i in tqdm(range(0, len(mine), args.generation_batch), desc=f"continuations (process {rank})",
+                      unit="batch", disable=not accelerator.is_main_process):  # fmt: skip
+            batch = mine[i : i + args.generation_batch]
+            new = greedy_continuations(target, tokenizer, [p.tolist() for _, p in batch], args.continuation_tokens)
+            rows += [(kind, torch.cat([p.long(), torch.tensor(n, dtype=torch.long)])) for (kind, p), n in zip(batch, new) if n]
+        torch.save(rows, f"{path}.tmp")
+        os.replace(f"{path}.tmp", path)
+    accelerator.wait_for_everyone()
+    rows = [row for r in range(world) for row in torch.load(out / f"continuations-{args.continuation_tokens}-{r}-of-{world}.pt")]
+    # one stream per kind cut into --seq-len chunks: training batches are of one length (continuations that met
+    # EOS early would otherwise make a length of their own each)
+    chunks = []
+    for kind in sorted({k for k, _ in rows}):
+        stream = torch.cat([ids for k, ids in rows if k == kind])
+        chunks += [(kind, piece) for piece in stream.split(args.seq_len) if len(piece) == args.seq_len]
+    print(f"{len(rows)} continuations of {len(prompts)} prompts: {len(chunks)} chunks of {args.seq_len} tokens")
+    return chunks
 
 
 def main_feature(args):
@@ -274,12 +321,26 @@ def main_feature(args):
     name = args.target_name or Path(args.target).name
     train_chunks, eval_chunks = training_chunks(args, tokenizer)
     if args.export_chunks:
-        torch.save({"train": train_chunks, "heldout": eval_chunks}, args.export_chunks)
-        print(f"wrote {len(train_chunks)} training and {len(eval_chunks)} held-out chunks to {args.export_chunks}")
+        # int32 ids: half the bytes for a file that travels (training_chunks reads them back as int64)
+        exported = {"train": [(k, ids.int()) for k, ids in train_chunks],
+                    "heldout": [(k, ids.int()) for k, ids in eval_chunks]}  # fmt: skip
+        if args.prompts_per_kind:
+            from evospec_hf.data.continuations import ContinuationConfig, select_prompts
+
+            config = ContinuationConfig(target=name, per_kind=args.prompts_per_kind, seed=args.seed)
+            exported["prompts"] = [(p.kind, torch.tensor(p.input_ids, dtype=torch.int32))
+                                   for p in select_prompts(tokenizer, config)]  # fmt: skip
+        torch.save(exported, args.export_chunks)
+        print(f"wrote {len(train_chunks)} training and {len(eval_chunks)} held-out chunks"
+              f" and {len(exported.get('prompts', []))} prompts to {args.export_chunks}")  # fmt: skip
         return
+    if args.continuation_tokens:
+        train_chunks += continuations_here(args, target, tokenizer, accelerator, out)
     source = Path(args.chunks_file).stem if args.chunks_file else f"{args.data}-{args.train_chunks}"
     if args.continuations:
         source += f"-{Path(args.continuations).name}"
+    if args.continuation_tokens:
+        source += f"-own{args.continuation_tokens}"
     teacher = default_cache_dir() / f"feature-teacher-v2-{name}-{args.seq_len}-{source}-{'_'.join(map(str, layers))}-{args.topk}"
     rank, world = accelerator.process_index, accelerator.num_processes
     train_paths = cache_teacher(target, train_chunks, teacher / "train", layers, args.topk, rank=rank, world_size=world)
@@ -289,18 +350,29 @@ def main_feature(args):
     eval_records = [r for path in eval_paths for r in torch.load(path)]
 
     drafter = feature_drafter_from_target(target, args.layers, layers).to(accelerator.device)
+    if args.init_adapter:  # continue a shipped drafter: its LoRA weights and input projections, trainable
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(drafter, Path(args.init_adapter) / "adapter", is_trainable=True)
+        args.lora_rank = model.peft_config["default"].r
+    else:
+        lora = LoraConfig(
+            r=args.lora_rank, lora_alpha=args.lora_rank, target_modules=decoder_linear_names(drafter),
+            lora_dropout=0.0, modules_to_save=["evospec_fuse", "evospec_combine"],
+        )  # fmt: skip
+        model = get_peft_model(drafter, lora)
     report_path = out / "distill_report.json"
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
-    if main_process and "agreement_before" not in report:
-        report["agreement_before"] = agreement(drafter, eval_records, args.unroll)
+    if main_process and "agreement_before" not in report:  # a fresh adapter is the identity: the bare drafter
+        report["agreement_before"] = agreement(model, eval_records, args.unroll)
         report_path.write_text(json.dumps(report, indent=2))
-    lora = LoraConfig(
-        r=args.lora_rank, lora_alpha=args.lora_rank, target_modules=decoder_linear_names(drafter), lora_dropout=0.0,
-        modules_to_save=["evospec_fuse", "evospec_combine"],
-    )  # fmt: skip
-    model = get_peft_model(drafter, lora)
     steps = args.steps or math.ceil(len(records) * args.epochs / args.batch)
     start = time.time()
+    if args.finish_by:  # what is left of the lease, less a minute to evaluate and save
+        args.time_budget = min(args.time_budget or math.inf, (args.finish_by - start - 60) / 60)
+        print(f"--finish-by: {args.time_budget:.1f} minutes for the training steps")
+        if args.time_budget <= 0:
+            raise SystemExit("--finish-by leaves no time to train")
     history = train(
         model, records, accelerator, steps, args.batch, args.lr, out / "train_state.pt", unroll=args.unroll,
         negatives=args.negatives, feature_weight=args.feature_weight, save_every=args.save_every, seed=args.seed,
@@ -316,7 +388,7 @@ def main_feature(args):
         seq_len=args.seq_len, train_chunks=len(records), eval_chunks=len(eval_records), topk=args.topk,
         negatives=args.negatives, unroll=args.unroll, feature_weight=args.feature_weight, processes=world,
         batch=args.batch, device=torch.cuda.get_device_name() if accelerator.device.type == "cuda" else "cpu",
-        teacher_cache=str(teacher),
+        teacher_cache=str(teacher), init_adapter=args.init_adapter, continuation_tokens=args.continuation_tokens,
         loss_first=history[:5], loss_last=history[-5:],
     )  # fmt: skip
     report_path.write_text(json.dumps(report, indent=2))
@@ -340,6 +412,10 @@ def feature_model_card(report: dict) -> str:
         + " |"
         for kind, after in report["agreement_after"].items()
     )
+    continued = ""
+    if report.get("init_adapter"):  # "before" is then the adapter the run started from
+        continued = (f" The run continued an earlier one ({len(report.get('previous_runs', []))} before it, "
+                     "in `distill_report.json`): the 'before' columns are the adapter it started from.")  # fmt: skip
     return f"""---
 library_name: evospec_hf
 tags: [speculative-decoding, drafter, eagle, lora]
@@ -351,7 +427,7 @@ target's own hidden states (layers {report['feature_layers']}) together with the
 target's final norm and (shared, frozen) LM head. Distilled by `scripts/distill_drafter.py --kind feature`: LoRA
 (rank {report['lora_rank']}) and the two input projections, top-{report['topk']} KD plus hidden-state regression,
 unrolled over {report['unroll']} draft steps; {report['steps']} steps of {report.get('batch', '?')} chunks
-on {report.get('device', 'cpu')}, {report['train_chunks']} chunks of {report['seq_len']} tokens.
+on {report.get('device', 'cpu')}, {report['train_chunks']} chunks of {report['seq_len']} tokens.{continued}
 
 Greedy agreement with the target on held-out text ({report['eval_chunks']} chunks): the first draft of a round reads
 the target's hidden state; later drafts read the drafter's own.

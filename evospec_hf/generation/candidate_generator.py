@@ -126,6 +126,8 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
             self.requires_model_outputs = True
             self.model_kwargs_overrides = self.drafter.model_kwargs_overrides
         self.length = draft_length_rule(evospec_config, verify_seconds)
+        if evospec_config.entropy_stop:  # the rule decides, token by token, where the drafter's round ends
+            self.drafter.entropy_gate = self.length.keep_drafting
         self.stop = StopCheck(stopping_criteria)
         self.observers = [self.stats, self.length]
         if learner is not None:

@@ -23,11 +23,13 @@ class DraftStep:
         ids: `(n,)` the token id of each column of `logits`, or None when the columns are the vocabulary.
         logits: `(1, n)` the (processed) draft logits the token was chosen from.
         hidden: `(1, hidden_size)` the drafter's final hidden state at that step.
+        entropy: the entropy (nats) of the step's draft distribution, when a rule reads it (`entropy_stop`).
     """
 
     ids: torch.Tensor | None
     logits: torch.Tensor
     hidden: torch.Tensor
+    entropy: float | None = None
 
 
 @dataclass
@@ -44,6 +46,7 @@ class Draft:
         seconds: wall time to produce it; `head_seconds` of it in the drafter's LM head.
         match: for copied drafts, the length of the suffix found earlier in the sequence (longer matches are
             accepted more often); 0 otherwise.
+        entropy_stopped: whether the entropy stop ended the round before its length.
     """
 
     source: str
@@ -54,6 +57,7 @@ class Draft:
     seconds: float = 0.0
     head_seconds: float = 0.0
     match: int = 0
+    entropy_stopped: bool = False
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
@@ -65,7 +69,7 @@ class Draft:
         logits = None if self.logits is None else self.logits[:, :length]
         return Draft(
             self.source, self.tokens[:length], logits, self.steps[:length], self.vocabulary, self.seconds,
-            self.head_seconds, self.match,
+            self.head_seconds, self.match, self.entropy_stopped,
         )  # fmt: skip
 
     def vocabulary_hits(self, targets: torch.Tensor) -> tuple[int, int]:

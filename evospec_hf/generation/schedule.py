@@ -4,6 +4,8 @@
 - `HeuristicLength` ("heuristic", transformers' own rule): +2 after a round whose drafts were all accepted, -1
   otherwise, per source.
 - `CostAwareLength` ("cost", the default): the length with the most expected tokens per second, below.
+- `EntropyStop` (`EvoSpecConfig.entropy_stop`, AdaSD's lossless half): wraps any of these; within the length the
+  wrapped rule chose, a round stops before a drafted token whose draft entropy is above a learned threshold.
 
 Each source has a starting length and an upper bound (`DraftLength.limits`): the drafter starts at
 `num_draft_tokens` and stays within `max_draft_tokens`; the context lookup copies up to `lookup_tokens`. A rule
@@ -65,13 +67,16 @@ def source_limits(config) -> dict:
 
 
 def draft_length_rule(config, verify_seconds: dict | None = None) -> DraftLength:
-    """The rule `config.draft_schedule` names. `verify_seconds`: the target's `{k: seconds}` table for "cost"."""
+    """The rule `config.draft_schedule` names (inside an `EntropyStop` with `config.entropy_stop`).
+    `verify_seconds`: the target's `{k: seconds}` table for "cost"."""
     limits = source_limits(config)
     if config.draft_schedule == "cost":
-        return CostAwareLength(verify_seconds, limits=limits)
-    if config.draft_schedule == "heuristic":
-        return HeuristicLength(limits)
-    return ConstantLength(limits)
+        rule = CostAwareLength(verify_seconds, limits=limits)
+    elif config.draft_schedule == "heuristic":
+        rule = HeuristicLength(limits)
+    else:
+        rule = ConstantLength(limits)
+    return EntropyStop(rule) if config.entropy_stop else rule
 
 
 class ConstantLength:
@@ -230,3 +235,63 @@ def _expected(a: float, k: int) -> float:
 
 def _match_key(draft: Draft) -> str:
     return f"lookup@{draft.match}"
+
+
+class EntropyStop:
+    """AdaSD's entropy stop around another rule: the wrapped rule picks each round's length, and the drafter stops
+    early before a token whose draft distribution is too uncertain to be accepted.
+
+    The threshold has no setting. Every verified drafter round tells, for each proposed token, the entropy of the
+    distribution it was drafted from and whether the target accepted it (the drafts up to the first rejection); the
+    rule keeps decayed means of the entropies of accepted drafts and of rejected ones, and stops before a token whose
+    entropy is above their midpoint. Better drafts on easier text raise the accepted mean and the threshold (longer
+    rounds); rejections at lower entropies lower it (shorter rounds). Nothing is stopped before a first rejection.
+    A round's first draft is always proposed: with no draft the target's forward yields one token anyway, and the
+    first drafts keep measuring entropies the threshold would otherwise cut off.
+
+    The wrapped rule sees the shortened rounds as they are, so the "cost" rule's acceptance, measured on the drafts
+    that remain, rises and it allows longer rounds, which the entropy stop then ends where the drafter is unsure.
+
+    Args:
+        rule: the draft length rule it wraps (`limits`, `length` and `prefer` are its).
+        decay: weight of the past in the two means, per observed draft.
+    """
+
+    def __init__(self, rule: DraftLength, decay: float = 0.95):
+        self.rule, self.decay = rule, decay
+        self.limits = rule.limits
+        self.means: dict[bool, float | None] = {True: None, False: None}  # accepted? -> mean entropy
+
+    @property
+    def threshold(self) -> float:
+        """The entropy (nats) above which a draft is not proposed: infinite until a draft was rejected, and until
+        one was accepted the accepted mean is taken as 0 (a certain draft)."""
+        accepted, rejected = self.means[True], self.means[False]
+        if rejected is None:
+            return float("inf")
+        return 0.5 * ((accepted or 0.0) + rejected)
+
+    def keep_drafting(self, entropy: float) -> bool:
+        """Whether to propose a token drafted from a distribution of this entropy (the drafter asks per token)."""
+        return entropy <= self.threshold
+
+    def length(self, source: str) -> int:
+        return self.rule.length(source)
+
+    def prefer(self, draft: Draft) -> bool:
+        return self.rule.prefer(draft)
+
+    def handed_over(self, draft: Draft) -> None:
+        self.rule.handed_over(draft)
+
+    def verified(self, result: RoundResult) -> None:
+        self.rule.verified(result)
+        steps = result.draft.steps
+        for i, step in enumerate(steps[: result.accepted + 1]):  # the accepted drafts and the first rejected one
+            if step.entropy is not None:
+                self.observe(step.entropy, accepted=i < result.accepted)
+
+    def observe(self, entropy: float, accepted: bool) -> None:
+        """One verified draft: the entropy it was drafted at, and whether the target accepted it."""
+        old = self.means[accepted]
+        self.means[accepted] = entropy if old is None else self.decay * old + (1.0 - self.decay) * entropy

@@ -27,6 +27,7 @@ class DraftStats:
         learn_seconds: wall time online alignment kept the generating thread busy (updates, and waiting on them).
         lookup_rounds, lookup_drafted, lookup_accepted: the rounds whose drafts were copied from the context
             (`EvoSpecConfig.lookup_tokens`), and their drafted and accepted tokens (also counted in the totals).
+        entropy_stops: drafter rounds that `EvoSpecConfig.entropy_stop` ended before their length.
         On CUDA these are host times: kernels still running are not waited for.
     """
 
@@ -45,6 +46,7 @@ class DraftStats:
     lookup_rounds: int = 0
     lookup_drafted: int = 0
     lookup_accepted: int = 0
+    entropy_stops: int = 0
 
     @property
     def mean_accepted_length(self) -> float:
@@ -80,6 +82,7 @@ class DraftStats:
         self.head_seconds += draft.head_seconds
         self.head_steps += len(draft.steps)
         self.lookup_rounds += draft.source == "lookup"
+        self.entropy_stops += draft.entropy_stopped
         self.sources_per_round.append(draft.source if len(draft) else "")
 
     def verified(self, result: RoundResult) -> None:

@@ -67,6 +67,8 @@ class DraftLoop:
         # greedy with no processors: argmax over the step's logits, nothing vocabulary-sized per token
         self.greedy_fast_path = not do_sample and len(logits_processor) == 0
         self.weights_version = weights_version
+        # `(entropy) -> bool`, set by the generator under `entropy_stop`: whether to propose a step's token
+        self.entropy_gate = None
         self.cache = self._new_cache()
         self._cache_weights = weights_version() if weights_version is not None else 0
 
@@ -98,7 +100,7 @@ class DraftLoop:
         """
         sequence = input_ids
         steps, tokens = [], []
-        head_seconds = 0.0
+        head_seconds, entropy_stopped = 0.0, False
         for step in range(limit):
             if step:
                 hidden = advance(tokens[-1], hidden)
@@ -116,15 +118,25 @@ class DraftLoop:
                     choice = token = torch.multinomial(logits.softmax(dim=-1), num_samples=1).squeeze(1)
                 else:
                     choice = token = logits.argmax(dim=-1)
+            entropy = None
+            if self.entropy_gate is not None:  # one reduction over the step's vocabulary (the shortlist)
+                entropy = float(torch.special.entr(logits.float().softmax(dim=-1)).sum())
+                if step and not self.entropy_gate(entropy):
+                    entropy_stopped = True  # its token is likely rejected: the round ends before it
+                    break
+            if not self.greedy_fast_path:
                 sequence = torch.cat([sequence, token[:, None]], dim=-1)
-            steps.append(DraftStep(ids, logits, hidden))
+            steps.append(DraftStep(ids, logits, hidden, entropy))
             tokens.append(token)
             threshold = self.confidence_threshold
             if threshold is not None and logits.softmax(dim=-1)[0, choice[0]] < threshold:
                 break
         drafted = torch.cat(tokens) if tokens else input_ids.new_empty(0)
         logits = self._candidate_logits(steps) if self.needs_logits else None
-        return Draft(self.name, drafted, logits, steps, self.vocabulary, head_seconds=head_seconds)
+        return Draft(
+            self.name, drafted, logits, steps, self.vocabulary, head_seconds=head_seconds,
+            entropy_stopped=entropy_stopped,
+        )  # fmt: skip
 
     def _candidate_logits(self, steps: list) -> torch.Tensor | None:
         """`(1, num_steps, vocab_size)` from the steps' logits: one -inf fill per round, not per token."""

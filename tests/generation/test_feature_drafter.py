@@ -65,6 +65,22 @@ def test_greedy_equals_plain_greedy(pair, mode, lookup_tokens):
         assert stats.accepted > 0, stats
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_greedy_with_the_entropy_stop(pair, mode):
+    """AdaSD's entropy stop (lossless) under the default "cost" schedule: plain greedy output."""
+    target, drafter, router, static_table_path = pair
+    config = config_for(mode, static_table_path, router, lookup_tokens=0, entropy_stop=True, draft_schedule="cost")
+    stats = DraftStats()
+    for seed in range(2):
+        expected = target.generate(prompt(seed), max_new_tokens=24, do_sample=False)
+        got = target.generate(
+            prompt(seed), max_new_tokens=24, do_sample=False, assistant_model=drafter, evospec_config=config,
+            evospec_stats=stats,
+        )  # fmt: skip
+        assert torch.equal(got, expected), f"{mode} prompt {seed}"
+    assert stats.drafter_accepted > 0, stats
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the compiled Triton head)")
 @pytest.mark.parametrize("lookup_tokens", [0, 10], ids=["no-lookup", "lookup"])
 @pytest.mark.parametrize("mode", MODES)

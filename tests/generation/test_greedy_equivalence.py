@@ -87,6 +87,30 @@ def test_cost_schedule_equals_plain_greedy(pair, mode, static_table_path):
     assert stats.rounds > 0 and stats.drafter_accepted > 0
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("schedule", ["cost", "constant"])
+def test_entropy_stop_equals_plain_greedy(pair, mode, schedule, static_table_path):
+    """AdaSD's entropy stop cuts rounds short (with the unrelated drafter and long rounds it must: `entropy_stops`);
+    whatever it cuts, the output is plain greedy's."""
+    _, target, drafters, router = pair
+    config = config_for(mode, static_table_path, router, draft_schedule=schedule, entropy_stop=True, lookup_tokens=0)
+    for kind in ("noisy-copy", "unrelated"):
+        stats = DraftStats()
+        for seed in range(2):
+            input_ids = prompt(40 + seed)
+            expected = target.generate(input_ids, max_new_tokens=24, do_sample=False)
+            got = target.generate(
+                input_ids, max_new_tokens=24, do_sample=False, assistant_model=drafters[kind],
+                evospec_config=config, evospec_stats=stats,
+            )  # fmt: skip
+            assert torch.equal(got, expected), f"{mode}/{kind} prompt {seed}"
+        if kind == "noisy-copy":
+            assert stats.drafter_accepted > 0, stats
+        elif schedule == "constant" and sum(a == 0 for a in stats.accepted_per_round) >= 3:
+            # rejected often, so a threshold was learned early ("cost" drafts one token a round for such a drafter)
+            assert stats.entropy_stops > 0, stats
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the compiled Triton head)")
 @pytest.mark.parametrize("mode", MODES)
 def test_greedy_on_cuda_with_the_triton_head(pair, mode, static_table_path):

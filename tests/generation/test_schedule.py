@@ -1,10 +1,13 @@
 """`draft_schedule="cost"`: draft lengths chosen from measured acceptance and verification cost."""
 
+from unittest.mock import patch
+
+import pytest
 import torch
 
 from evospec_hf import DraftStats, EvoSpecConfig
-from evospec_hf.generation.rounds import Draft, RoundResult
-from evospec_hf.generation.schedule import CostAwareLength, draft_length_rule
+from evospec_hf.generation.rounds import Draft, DraftStep, RoundResult
+from evospec_hf.generation.schedule import ConstantLength, CostAwareLength, EntropyStop, draft_length_rule
 from evospec_hf.ops.calibration import forget_loaded, machine_costs
 
 from ..conftest import VOCAB_SIZE, noisy_copy, tiny_llama
@@ -129,3 +132,68 @@ def test_the_prefill_is_not_timed_as_a_round(monkeypatch):
         first, *rest = seen
         assert first[3] is None and rest and all(args[3] is not None for args in rest)
         seen.clear()
+
+
+def _drafter_round(entropies, accepted):
+    """A verified drafter round whose drafts were drafted at `entropies`, of which the first `accepted` passed."""
+    steps = [DraftStep(None, torch.zeros(1, 4), torch.zeros(1, 2), h) for h in entropies]
+    draft = Draft("drafter", torch.arange(len(entropies)), steps=steps)
+    sequence = torch.arange(10 + accepted + 1)[None]
+    return RoundResult(draft, accepted, sequence, torch.zeros(1, len(entropies) + 1, 4), 0.01, False)
+
+
+def test_the_entropy_threshold_follows_what_verification_accepts():
+    rule = EntropyStop(ConstantLength({"drafter": (4, 8)}))
+    assert rule.threshold == float("inf") and rule.keep_drafting(1e9)  # nothing stops before a rejection
+    rule.verified(_drafter_round([0.5, 0.5], accepted=2))
+    assert rule.threshold == float("inf")
+    rule.verified(_drafter_round([3.0, 3.0], accepted=0))  # accepted at 0.5, rejected at 3.0
+    assert rule.threshold == pytest.approx(1.75)
+    assert rule.keep_drafting(1.7) and not rule.keep_drafting(1.8)
+    start = rule.threshold
+    for _ in range(20):  # acceptance rises: drafts at 2.5 pass too
+        rule.verified(_drafter_round([2.5, 2.5, 2.5, 2.5], accepted=4))
+    risen = rule.threshold
+    assert risen > start
+    for _ in range(20):  # acceptance falls: drafts at 1.0 are rejected
+        rule.verified(_drafter_round([1.0, 1.0], accepted=0))
+    assert rule.threshold < risen
+    assert rule.means[False] < 3.0
+    # only the drafts up to the first rejection count (the rest were never judged); copies carry no entropies
+    before = dict(rule.means)
+    rule.verified(RoundResult(Draft("lookup", torch.arange(3)), 1, torch.arange(12)[None], torch.zeros(1, 4, 4), 0.01, False))
+    assert rule.means == before
+
+
+def test_the_entropy_stop_wraps_the_configured_rule():
+    rule = draft_length_rule(EvoSpecConfig(entropy_stop=True, draft_schedule="heuristic", num_draft_tokens=3))
+    assert isinstance(rule, EntropyStop) and rule.length("drafter") == 3
+    rule.verified(_drafter_round([0.1, 0.1, 0.1], accepted=3))  # all accepted: the heuristic lengthens by 2
+    assert rule.length("drafter") == 5
+    assert not isinstance(draft_length_rule(EvoSpecConfig()), EntropyStop)
+
+
+def test_the_entropy_stop_ends_rounds_where_the_drafter_is_unsure():
+    """Each proposed draft after the first was drafted at an entropy within the threshold; a drafter that is unsure
+    everywhere (an unrelated model) gets rounds cut, and the output stays plain greedy's."""
+    target, drafter = tiny_llama(seed=0), tiny_llama(seed=5, layers=1)
+    seen = []
+    config = EvoSpecConfig(entropy_stop=True, draft_schedule="constant", num_draft_tokens=6, lookup_tokens=0)
+
+    class Spy(EntropyStop):
+        def keep_drafting(self, entropy):
+            keep = super().keep_drafting(entropy)
+            seen.append((entropy, self.threshold, keep))
+            return keep
+
+    stats = DraftStats()
+    input_ids = torch.randint(3, VOCAB_SIZE, (1, 12), generator=torch.Generator().manual_seed(0))
+    expected = target.generate(input_ids, max_new_tokens=40, do_sample=False)
+    with patch("evospec_hf.generation.schedule.EntropyStop", Spy):
+        got = target.generate(
+            input_ids, max_new_tokens=40, do_sample=False, assistant_model=drafter, evospec_config=config,
+            evospec_stats=stats,
+        )  # fmt: skip
+    assert torch.equal(got, expected)
+    assert seen and all(keep == (entropy <= threshold) for entropy, threshold, keep in seen)
+    assert stats.entropy_stops > 0 and stats.drafted < 6 * (stats.rounds - 1)  # rounds were cut
