@@ -24,6 +24,7 @@ SHORTLIST_SOURCES = ("static", "context", "router")
 SHORTLIST_MODES = ("full",) + SHORTLIST_SOURCES + ("evospec",)
 HEAD_BACKENDS = ("auto", "torch", "triton")
 DRAFT_SCHEDULES = ("constant", "heuristic", "cost")
+LOSSY_ACCEPTANCE = ("adasd-js",)  # opt-in acceptance rules that change the output
 
 
 class JsonConfigMixin:
@@ -123,6 +124,7 @@ class EvoSpecConfig(JsonConfigMixin):
     Pass it to `model.generate(..., assistant_model=drafter, evospec_config=EvoSpecConfig(...))` after
     `import evospec_hf`. The target always verifies over the full vocabulary, so greedy output is identical to plain
     greedy `generate` and sampling keeps the target's distribution whatever these fields say; they only change speed.
+    The one exception is `lossy_acceptance`, off unless named, which trades exactness for speed.
     """
 
     config_name: ClassVar[str] = CONFIG_NAME
@@ -251,6 +253,35 @@ class EvoSpecConfig(JsonConfigMixin):
             )
         },
     )
+    lossy_acceptance: str | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "LOSSY, off by default: 'adasd-js' accepts a draft the target would not have chosen when the "
+                "Jensen-Shannon distance between the drafter's and the target's distributions there is below an "
+                "adaptive threshold (AdaSD; `lossy_js_scale` times the mean distance at exact acceptances). The "
+                "output then differs from plain greedy output; greedy decoding only. Must be named: any other value "
+                "is refused."
+            )
+        },
+    )
+    lossy_js_scale: float = field(
+        default=1.0,
+        metadata={"help": "With lossy_acceptance='adasd-js': multiplies the adaptive threshold (0: nothing lossy)."},
+    )
+    intermediate_verifier: str | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "HiSpec's hierarchical verification (lossless): a folder holding an exit head for the target "
+                "(`scripts/train_exit_head.py`; `evospec_exit.json`). The target's first layers and that head, over "
+                "the static list's `shortlist_size` most frequent tokens (the drafter's `evospec_frequency.json` or "
+                "`static_shortlist_path`), read each round's drafts first, and the round is cut where they disagree "
+                "(evospec_hf/generation/hispec.py). The full target still verifies every draft that is kept. None: "
+                "off."
+            )
+        },
+    )
     lookup_tokens: int = field(
         default=10,
         metadata={
@@ -322,13 +353,19 @@ class EvoSpecConfig(JsonConfigMixin):
             check_int(name, getattr(self, name), minimum=1)
         for name in ("context_slots", "semantic_neighbors", "ngram_continuations", "lookup_tokens"):
             check_int(name, getattr(self, name), minimum=0)
-        for name in ("static_shortlist_path", "router_path"):
+        for name in ("static_shortlist_path", "router_path", "intermediate_verifier"):
             check_path(name, getattr(self, name))
         check_choice("draft_schedule", self.draft_schedule, DRAFT_SCHEDULES)
         check_choice("head_backend", self.head_backend, HEAD_BACKENDS)
         check_number("confidence_threshold", self.confidence_threshold, above=0, below=1, optional=True)
         check_bool("fast_verify_head", self.fast_verify_head)
         check_bool("entropy_stop", self.entropy_stop)
+        if self.lossy_acceptance is not None and self.lossy_acceptance not in LOSSY_ACCEPTANCE:
+            raise ValueError(
+                f"`lossy_acceptance` changes the output, so it is on only when named: None (exact, the default) or "
+                f"one of {LOSSY_ACCEPTANCE}, got {self.lossy_acceptance!r}."
+            )
+        check_number("lossy_js_scale", self.lossy_js_scale, minimum=0)
 
         # relations between fields
         if self.lookup_min_ngram > self.lookup_max_ngram:

@@ -54,6 +54,8 @@ def test_the_issue_contract_constructs():
         pytest.param({"draft_schedule": None}, "draft_schedule", id="schedule-none"),
         pytest.param({"head_backend": ["torch"]}, "head_backend", id="backend-list"),
         pytest.param({"shortlist": None}, "shortlist", id="shortlist-none"),
+        pytest.param({"entropy_stop": 1}, "entropy_stop", id="entropy-stop-int"),
+        pytest.param({"lossy_js_scale": -0.5}, "lossy_js_scale", id="lossy-scale-negative"),
     ],
 )
 def test_invalid_values_name_the_field(kwargs, field):
@@ -210,3 +212,12 @@ def test_evospec_mode_is_router_context_and_retrieval():
                           ({"ngram_continuations": 1.5}, "ngram_continuations")]:  # fmt: skip
         with pytest.raises(ValueError, match=field):
             EvoSpecConfig(shortlist="evospec", **kwargs)
+
+
+@pytest.mark.parametrize("value", [True, 1, "js", "lossy", "ADASD-JS", ["adasd-js"]])
+def test_lossy_acceptance_is_refused_unless_asked_for_by_name(value):
+    """The one field that changes the output is off unless its rule is named exactly."""
+    assert EvoSpecConfig().lossy_acceptance is None
+    with pytest.raises(ValueError, match="`lossy_acceptance` changes the output"):
+        EvoSpecConfig(lossy_acceptance=value)
+    assert EvoSpecConfig(lossy_acceptance="adasd-js").lossy_acceptance == "adasd-js"

@@ -30,6 +30,8 @@ def main(argv=None) -> int:
     parser.add_argument("--drafter", required=True, help="an evospec_hf drafter checkpoint folder")
     parser.add_argument("--feature-drafter", default=None,
                         help="a feature drafter checkpoint folder, for the methods named feature:<method>")
+    parser.add_argument("--exit-head", default=None,
+                        help="an exit head folder (scripts/train_exit_head.py), for the methods with +hispec")
     parser.add_argument("--target", default=None, help="a known target name or a model folder (default: the drafter's)")
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated; see bench/methods.py")
     parser.add_argument("--prompts", default=None, help="jsonl: {id, domain, prompt} or Spec-Bench's question.jsonl")
@@ -81,7 +83,7 @@ def main(argv=None) -> int:
     methods = build_methods(names, drafter, adapting, num_draft_tokens=args.num_draft_tokens,
                             fast_verify_head=not args.slow_verify_head, lookup_tokens=args.lookup_tokens,
                             draft_schedule=args.draft_schedule, feature_drafter=feature,
-                            feature_adapting_drafter=feature_adapting)  # fmt: skip
+                            feature_adapting_drafter=feature_adapting, exit_head=args.exit_head)  # fmt: skip
 
     if args.prompts:
         prompts = load_prompts(args.prompts, tokenizer, chat_template=args.chat_template)
@@ -93,7 +95,7 @@ def main(argv=None) -> int:
     meta = {
         "command": "python -m evospec_hf.bench " + " ".join(sys.argv[1:] if argv is None else argv),
         "target": target_name, "drafter": args.drafter, "feature_drafter": args.feature_drafter,
-        "methods": [m.name for m in methods],
+        "methods": [m.name for m in methods], "lossy": [m.name for m in methods if not m.lossless],
         "prompts": len(prompts), "prompt_source": args.prompts or f"built-in: {args.sets}",
         "max_new_tokens": args.max_new_tokens, "repeats": args.repeats, "machine": _machine(args.device),
         "fast_verify_head": not args.slow_verify_head, "lookup_tokens": args.lookup_tokens,

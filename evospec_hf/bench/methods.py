@@ -21,7 +21,10 @@ The size suffix is optional (16k by default): `fr-spec` is `fr-spec-16k`. Any ev
 the shortlist families) takes a `+lookup` suffix, e.g. `evospec-16k+lookup`: it drafts by context lookup when the
 sequence's last tokens occurred before, and with its drafter otherwise (`EvoSpecConfig.lookup_tokens`). Every
 evospec_hf method runs `EvoSpecConfig`'s default draft schedule unless `draft_schedule` says otherwise. A `+adasd`
-suffix adds AdaSD's entropy stop (`EvoSpecConfig.entropy_stop`, lossless), e.g. `feature:evospec-16k+adasd+lookup`.
+suffix adds AdaSD's entropy stop (`EvoSpecConfig.entropy_stop`, lossless), e.g. `feature:evospec-16k+adasd+lookup`;
+`+adasd-lossy` adds both halves of AdaSD, the entropy stop and the LOSSY acceptance by Jensen-Shannon distance
+(`lossy_acceptance="adasd-js"`): its output is not checked against greedy output but measured against it.
+`+hispec` adds HiSpec's intermediate verifier (`EvoSpecConfig.intermediate_verifier`, the bench's `--exit-head`).
 """
 
 from __future__ import annotations
@@ -45,8 +48,12 @@ SHORTLISTS = {  # method family -> EvoSpecConfig.shortlist
 }  # fmt: skip
 LOOKUP_SUFFIX = "+lookup"
 ADASD_SUFFIX = "+adasd"
-SUFFIXES = {  # method suffix -> EvoSpecConfig fields on top of the method's (lookup's length is build_methods' own)
-    LOOKUP_SUFFIX: {}, ADASD_SUFFIX: {"entropy_stop": True},
+ADASD_LOSSY_SUFFIX = "+adasd-lossy"
+HISPEC_SUFFIX = "+hispec"
+SUFFIXES = {  # method suffix -> EvoSpecConfig fields on top of the method's (lookup's length and the exit head are
+    # build_methods' own)
+    LOOKUP_SUFFIX: {}, ADASD_SUFFIX: {"entropy_stop": True}, HISPEC_SUFFIX: {},
+    ADASD_LOSSY_SUFFIX: {"entropy_stop": True, "lossy_acceptance": "adasd-js"},
 }  # fmt: skip
 FEATURE_PREFIX = "feature:"
 _SIZED = re.compile(r"^(fr-spec|vocabtrim|router|evospec-online|evospec)(?:-(\d+)k)?$")
@@ -63,7 +70,8 @@ class Method:
         name: the method's name in tables and plots.
         generate_kwargs: returns the keyword arguments `target.generate` gets on top of the prompt, greedy and
             `max_new_tokens`; called once per generation (so a session is fresh each time).
-        lossless: greedy output must equal plain greedy output (every method here; a lossy one would set False).
+        lossless: greedy output must equal plain greedy output (False: `+adasd-lossy`, whose agreement with greedy
+            output is reported instead).
         drafts: whether it reports `DraftStats` (evospec_hf's own generator).
     """
 
@@ -77,7 +85,7 @@ def build_methods(
     names, drafter=None, adapting_drafter=None, num_draft_tokens: int | None = None,
     online: OnlineAlignmentConfig | None = None, fast_verify_head: bool = True,
     lookup_tokens: int = EvoSpecConfig.lookup_tokens, draft_schedule: str = EvoSpecConfig.draft_schedule,
-    feature_drafter=None, feature_adapting_drafter=None,
+    feature_drafter=None, feature_adapting_drafter=None, exit_head: str | None = None,
 ) -> list[Method]:  # fmt: skip
     """The methods called `names`.
 
@@ -92,10 +100,15 @@ def build_methods(
         lookup_tokens: `EvoSpecConfig.lookup_tokens` of the `+lookup` methods (the others run without lookup).
         draft_schedule: `EvoSpecConfig.draft_schedule` of evospec_hf's methods.
         feature_drafter, feature_adapting_drafter: the same two for the `feature:` methods (a feature drafter).
+        exit_head: the exit head folder of the `+hispec` methods (`EvoSpecConfig.intermediate_verifier`).
     """
     methods, seen, online = [], set(), online or ONLINE_DEFAULTS
     for name in names:
         options = {"fast_verify_head": fast_verify_head, "draft_schedule": draft_schedule}
+        if name.endswith(HISPEC_SUFFIX) or f"{HISPEC_SUFFIX}+" in name:
+            if exit_head is None:
+                raise ValueError(f"method {name!r} needs an exit head (--exit-head, from scripts/train_exit_head.py)")
+            options["intermediate_verifier"] = exit_head
         if num_draft_tokens is not None:
             options["num_draft_tokens"] = num_draft_tokens
         if name.startswith(FEATURE_PREFIX):
@@ -134,6 +147,7 @@ def _build(name, drafter, adapting_drafter, options, online, lookup_tokens) -> M
         options.update(SUFFIXES[suffix])
     method = _build_base(base, drafter, adapting_drafter, options, online)
     method.name += "".join(suffixes)
+    method.lossless = options.get("lossy_acceptance") is None
     return method
 
 

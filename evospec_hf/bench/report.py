@@ -40,18 +40,23 @@ def markdown(results: dict, meta: dict) -> str:
         "All prompts: tau is tokens per target forward (accepted drafts + 1); 'vs full' compares evospec_hf's "
         "drafting methods with the same drafter over the full vocabulary (`full-vocab`, `feature:full-vocab` for the "
         "feature drafter's, with `+lookup` for methods with lookup); 'lookup rounds' is the share "
-        "of rounds drafted by context lookup (`+lookup` methods); other shares are of the wall time.",
+        "of rounds drafted by context lookup (`+lookup` methods); 'first draft accepted' is the share of the drafter's "
+        "rounds whose first draft the target accepted; other shares are of the wall time; 'as greedy' is "
+        "the share of plain greedy's tokens a method's output has at the same positions (lossy methods only; the "
+        "lossless ones are checked equal).",
         "",
-        "| method | tau | tau vs full | shortlist recall | head ms/step | head vs full | lookup rounds | draft | verify "
-        "| learn | peak RSS MB | added MB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| method | tau | tau vs full | first draft accepted | shortlist recall | head ms/step | head vs full "
+        "| lookup rounds | draft | verify | learn | peak RSS MB | added MB | as greedy |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    lossy = {m for m, row in aggregate.items() if row["all"].get("greedy_match", 1.0) < 1.0 or m in meta.get("lossy", ())}
     for name, row in aggregate.items():
         a = row["all"]
         full = aggregate.get(_full_vocab_of(name), {}).get("all", {})  # the same drafter over the full vocabulary
         cells = [
             f"{a['tau']:.3f}",
             _ratio(a["tau"], full.get("tau")) if "shortlist_recall" in a else "-",  # evospec_hf's drafting methods
+            _percent(a.get("first_accepted")),
             _percent(a.get("shortlist_recall")),
             _number(a.get("head_ms_per_step")),
             _ratio(a.get("head_ms_per_step"), full.get("head_ms_per_step")),
@@ -61,8 +66,23 @@ def markdown(results: dict, meta: dict) -> str:
             _percent(a.get("learn_share")),
             _number(a.get("peak_rss_mb"), 0),
             _number(a.get("added_rss_mb"), 0),
+            _percent(a.get("greedy_match")) if name in lossy else "-",
         ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    drafting = [name for name, row in aggregate.items() if row["all"].get("first_accepted") is not None]
+    if drafting:
+        lines += [
+            "",
+            "First draft accepted, per set: the share of the drafter's rounds (not the lookup's) whose first draft "
+            "the target accepted, on the text being generated.",
+            "",
+            "| method | " + " | ".join(domains) + " | all |",
+            "|---|" + "---:|" * (len(domains) + 1),
+        ]
+        for name in drafting:
+            row = aggregate[name]
+            cells = [_percent(row["by_domain"][d].get("first_accepted")) for d in domains]
+            lines.append(f"| {name} | " + " | ".join(cells + [_percent(row["all"]["first_accepted"])]) + " |")
     return "\n".join(lines) + "\n"
 
 

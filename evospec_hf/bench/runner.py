@@ -120,6 +120,9 @@ def summarize(prompts: list[dict], methods: list, runs: dict) -> dict:
     drafting, verifying and learning, and `lookup_share`, the rounds whose drafts were copied from the context
     (`+lookup` methods). `peak_rss_mb`: the process's peak resident memory during the generation
     (`peak_cuda_mb` on GPU); `added_rss_mb`: how far above its resident memory when the generation started.
+    `first_accepted`: the share of the drafter's rounds whose first draft the target accepted.
+    `greedy_match` and `greedy_prefix`: the share of plain greedy's new tokens that the method's output has at the
+    same positions, and in the prefix both share (1.0 for lossless methods; quality of the lossy ones).
     """
     per_prompt = []
     for prompt in prompts:
@@ -128,8 +131,12 @@ def summarize(prompts: list[dict], methods: list, runs: dict) -> dict:
         for method in methods:
             row["methods"][method.name] = _figures(runs[prompt["id"], method.name])
         base = row["methods"]["target"]["seconds"]
-        for figures in row["methods"].values():
+        reference = runs[prompt["id"], "target"][0]["output"][prompt["input_ids"].shape[1] :]
+        for name, figures in row["methods"].items():
             figures["speedup"] = round(base / figures["seconds"], 3)
+            # how much of the output is plain greedy's (1.0 for every lossless method, checked above)
+            got = runs[prompt["id"], name][0]["output"][prompt["input_ids"].shape[1] :]
+            figures["greedy_tokens"], figures["greedy_prefix"] = _agreement(got, reference)
         per_prompt.append(row)
     aggregate = {}
     for method in methods:
@@ -139,6 +146,14 @@ def summarize(prompts: list[dict], methods: list, runs: dict) -> dict:
         totals = {key: _total(rows, method.name) for key, rows in groups.items()}
         aggregate[method.name] = {"all": totals.pop("all"), "by_domain": totals}
     return {"prompts": per_prompt, "aggregate": aggregate}
+
+
+def _agreement(got: torch.Tensor, reference: torch.Tensor) -> tuple[int, int]:
+    """(positions where `got` has plain greedy's token, length of the common prefix), over the new tokens."""
+    common = min(got.shape[0], reference.shape[0])
+    same = got[:common] == reference[:common]
+    differs = (~same).nonzero()
+    return int(same.sum()), int(differs[0, 0]) if differs.numel() else common
 
 
 def _figures(runs: list) -> dict:
@@ -167,6 +182,10 @@ def _figures(runs: list) -> dict:
             learn_share=round(middle.learn_seconds / total, 3), accepted_per_round=first["stats"].accepted_per_round,
             rounds=middle.rounds, lookup_rounds=middle.lookup_rounds,
         )  # fmt: skip
+        # the drafter's rounds, and those whose first draft the target accepted (rounds are the same in every run)
+        sources, accepted = first["stats"].sources_per_round, first["stats"].accepted_per_round
+        drafter_rounds = [a for s, a in zip(sources, accepted) if s == "drafter"]
+        figures.update(drafter_rounds=len(drafter_rounds), first_accepted=sum(a > 0 for a in drafter_rounds))
     return figures
 
 
@@ -181,6 +200,9 @@ def _total(rows: list, name: str) -> dict:
         "tokens_per_s": round(tokens / seconds, 3),
         "speedup": round((tokens / seconds) / _tokens_per_s(base), 3),
         "tau": round(tokens / sum(f["forwards"] for f in mine), 3),
+        # the share of new tokens equal to plain greedy's at the same position, and of the prefixes in common
+        "greedy_match": round(sum(f["greedy_tokens"] for f in mine) / max(1, sum(f["new_tokens"] for f in base)), 4),
+        "greedy_prefix": round(sum(f["greedy_prefix"] for f in mine) / max(1, sum(f["new_tokens"] for f in base)), 4),
     }
     if all("checked" in f for f in mine):
         checked, steps = sum(f["checked"] for f in mine), sum(f["head_steps"] for f in mine)
@@ -188,6 +210,8 @@ def _total(rows: list, name: str) -> dict:
         total["head_ms_per_step"] = round(1e3 * sum(f["head_seconds"] for f in mine) / steps, 3) if steps else None
         rounds = sum(f["rounds"] for f in mine)
         total["lookup_share"] = round(sum(f["lookup_rounds"] for f in mine) / rounds, 3) if rounds else None
+        drafter_rounds = sum(f["drafter_rounds"] for f in mine)
+        total["first_accepted"] = round(sum(f["first_accepted"] for f in mine) / drafter_rounds, 4) if drafter_rounds else None
         for part in ("draft", "verify", "learn"):
             total[f"{part}_share"] = round(sum(f[f"{part}_seconds"] for f in mine) / seconds, 3)
     for key in ("peak_rss_mb", "added_rss_mb", "peak_cuda_mb"):

@@ -9,7 +9,9 @@ The generator decides nothing itself. Each round it:
    only if the draft length rule prefers it to the drafter's (`schedule.py`: the "cost" rule compares expected
    tokens per second);
 2. cuts the drafts where a stopping criterion would fire (`stopping.py`);
-3. hands them to transformers, whose loop verifies them with the target over the full vocabulary;
+3. hands them to transformers, whose loop verifies them with the target over the full vocabulary (with the opt-in,
+   LOSSY `lossy_acceptance`, a logits processor of the call accepts drafts close to the target's distribution:
+   `logits_process.py`);
 4. passes the verified round to its observers: the stats (`stats.py`), the draft length rule (`schedule.py`), and
    the session's online learner (`evospec_hf.evolve`).
 """
@@ -28,6 +30,7 @@ from ..models.drafter import feature_layers_of
 from ..ops import logit_softcap, resolve_head_backend
 from ..vocab import DraftVocabulary
 from .feature_drafter import FeatureDrafter
+from .logits_process import LossyJSAcceptance
 from .lookup import LookupSource
 from .rounds import Draft, RoundResult
 from .schedule import draft_length_rule
@@ -58,6 +61,7 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
             seconds per draft length, kept across calls.
         stopping_criteria (`StoppingCriteriaList`, *optional*): the call's prepared criteria; drafts are cut where
             one would fire.
+        target (`PreTrainedModel`, *optional*): the target, for `intermediate_verifier` (HiSpec).
     """
 
     def __init__(
@@ -74,8 +78,18 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
         session=None,
         verify_seconds: dict | None = None,
         stopping_criteria=None,
+        target=None,
     ):
         _check_pair(input_ids, assistant_model, target_vocab_size)
+        self.acceptance = None  # LOSSY acceptance (opt-in): joins the call's own processors, which verify
+        if evospec_config.lossy_acceptance is not None:
+            if generation_config.do_sample:
+                raise ValueError(
+                    f"lossy_acceptance={evospec_config.lossy_acceptance!r} is for greedy decoding; with "
+                    "do_sample=True speculative sampling already keeps the target's distribution exactly."
+                )
+            if logits_processor is None:
+                raise ValueError("lossy_acceptance needs the call's logits processors (transformers' assisted loop).")
         self.assistant_model = assistant_model
         self.evospec_config = evospec_config
         # read by transformers' loop once it ends (with a drafter whose schedule is "heuristic")
@@ -129,6 +143,16 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
         if evospec_config.entropy_stop:  # the rule decides, token by token, where the drafter's round ends
             self.drafter.entropy_gate = self.length.keep_drafting
         self.stop = StopCheck(stopping_criteria)
+        self.verifier = None
+        if evospec_config.intermediate_verifier is not None:  # HiSpec: the target's early layers trim the drafts
+            try:
+                self.verifier = _intermediate_verifier(evospec_config, target, assistant_model, do_sample)
+            except BaseException:
+                self.close()  # hands the session's adapter back
+                raise
+        if evospec_config.lossy_acceptance is not None:
+            self.acceptance = LossyJSAcceptance(evospec_config.lossy_js_scale, stats=self.stats)
+            logits_processor.append(self.acceptance)  # transformers' loop applies it to the target's scores
         self.observers = [self.stats, self.length]
         if learner is not None:
             feature_drafter = self.drafter if isinstance(self.drafter, FeatureDrafter) else None
@@ -170,7 +194,15 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
             if len(draft) == 0 and declined is not None:
                 draft = declined
             draft = self.stop.trim(input_ids, draft)
+            if self.verifier is not None and len(draft):
+                began, offered = time.perf_counter(), len(draft)
+                draft = draft.truncate(self.verifier.keep(input_ids, draft))
+                self.stats.verifier_checked += offered
+                self.stats.verifier_removed += offered - len(draft)
+                self.stats.verifier_seconds += time.perf_counter() - began
         draft.seconds = time.perf_counter() - start
+        if self.acceptance is not None:
+            self.acceptance.begin(draft, input_ids.shape[1])
         for observer in self.observers:
             observer.handed_over(draft)
         self._draft, self._handed_over = draft, time.perf_counter()
@@ -269,6 +301,20 @@ def _always_in(generation_config) -> torch.Tensor:
     """EOS and pad ids: always proposable."""
     ids = [t for t in (generation_config._eos_token_tensor, generation_config._pad_token_tensor) if t is not None]
     return torch.cat([t.flatten() for t in ids]) if ids else torch.empty(0, dtype=torch.long)
+
+
+def _intermediate_verifier(config: EvoSpecConfig, target, drafter, do_sample: bool):
+    """HiSpec's verifier for this call: the exit head in `config.intermediate_verifier` over the static list's
+    `shortlist_size` most frequent tokens."""
+    from ..vocab.frequency import resolve_static_table
+    from .hispec import IntermediateVerifier, verifier_parts
+
+    if target is None:
+        raise ValueError("`intermediate_verifier` needs the target model (evospec_hf's generate hook passes it).")
+    vocab_size = target.get_output_embeddings().weight.shape[0]
+    table = resolve_static_table(config.static_shortlist_path, drafter, vocab_size)
+    shortlist = table.top(min(config.shortlist_size, vocab_size))
+    return IntermediateVerifier(verifier_parts(target, config.intermediate_verifier, shortlist), do_sample)
 
 
 def _bias(head) -> torch.Tensor | None:

@@ -127,6 +127,7 @@ def evospec_drafting(
             session=session,
             verify_seconds=machine_costs(model, "verify_seconds"),
             stopping_criteria=criteria,
+            target=model,
         )
         return drafting.generator
 

@@ -28,6 +28,11 @@ class DraftStats:
         lookup_rounds, lookup_drafted, lookup_accepted: the rounds whose drafts were copied from the context
             (`EvoSpecConfig.lookup_tokens`), and their drafted and accepted tokens (also counted in the totals).
         entropy_stops: drafter rounds that `EvoSpecConfig.entropy_stop` ended before their length.
+        lossy_accepted: accepted drafts the target would not have chosen (`EvoSpecConfig.lossy_acceptance`; counted
+            in `accepted`).
+        verifier_checked, verifier_removed, verifier_seconds: drafts HiSpec's intermediate verifier judged
+            (`EvoSpecConfig.intermediate_verifier`), the drafts it took out of rounds, and its wall time (part of
+            `draft_seconds`).
         On CUDA these are host times: kernels still running are not waited for.
     """
 
@@ -47,6 +52,10 @@ class DraftStats:
     lookup_drafted: int = 0
     lookup_accepted: int = 0
     entropy_stops: int = 0
+    lossy_accepted: int = 0
+    verifier_checked: int = 0
+    verifier_removed: int = 0
+    verifier_seconds: float = 0.0
 
     @property
     def mean_accepted_length(self) -> float:

@@ -167,3 +167,41 @@ def test_the_chi_square_test_catches_wrong_distributions(setup, control):
             return [outcomes[i] for i in picks.tolist()]
 
     assert chi_square_p_value(sample_counts(samples, NUM_SAMPLES), exact, NUM_SAMPLES) < 1e-6
+
+
+@pytest.mark.slow
+def test_sampling_keeps_the_target_distribution_with_the_entropy_stop(setup):
+    """AdaSD's entropy stop decides from the draft distribution's entropy, never from the drafted token: exact."""
+    target, drafter, config = setup
+    config = dataclasses.replace(config, lookup_tokens=0, entropy_stop=True, num_draft_tokens=2)
+    stats = DraftStats()
+    p_value = chi_square_p_value(evospec_counts(target, drafter, config, stats), two_token_distribution(target),
+                                 NUM_SAMPLES)  # fmt: skip
+    assert p_value > 1e-3, p_value
+    assert 0 < stats.accepted < stats.drafted
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rule", ["as-shipped", "cut-before-the-disagreement"])
+def test_sampling_with_the_intermediate_verifier(setup, tmp_path, monkeypatch, rule):
+    """HiSpec keeps the target's distribution only because, when sampling, it still offers the first draft its exit
+    disagrees with (dropping that draft would make whether it is verified depend on its own value). Cutting before
+    it, as greedy does, must be caught by the test."""
+    from evospec_hf.generation.hispec import IntermediateVerifier
+    from evospec_hf.models.exit_head import ExitHead
+
+    target, drafter, config = setup
+    folder = tmp_path / "exit"
+    ExitHead(target.config.hidden_size, 1).save_pretrained(folder, target, "tiny")
+    config = dataclasses.replace(config, lookup_tokens=0, intermediate_verifier=str(folder), num_draft_tokens=2)
+    if rule != "as-shipped":
+        original = IntermediateVerifier.__init__
+        monkeypatch.setattr(IntermediateVerifier, "__init__", lambda self, parts, do_sample=False: original(self, parts))
+    stats = DraftStats()
+    p_value = chi_square_p_value(evospec_counts(target, drafter, config, stats), two_token_distribution(target),
+                                 NUM_SAMPLES)  # fmt: skip
+    assert stats.verifier_removed > 0, stats  # the verifier cut rounds
+    if rule == "as-shipped":
+        assert p_value > 1e-3, p_value
+    else:
+        assert p_value < 1e-3, p_value
