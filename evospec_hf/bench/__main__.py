@@ -10,7 +10,7 @@ import sys
 import torch
 
 from ..config import DRAFT_SCHEDULES, EvoSpecConfig
-from .methods import FEATURE_PREFIX, DEFAULT_METHODS, build_methods
+from .methods import DEFAULT_FEATURE_METHODS, DEFAULT_HISPEC_METHODS, DEFAULT_METHODS, FEATURE_PREFIX, build_methods
 from .prompts import BUILTIN_SETS, builtin_prompts, load_prompts
 from .report import markdown, write_report
 from .runner import MismatchError, run_benchmark
@@ -33,7 +33,9 @@ def main(argv=None) -> int:
     parser.add_argument("--exit-head", default=None,
                         help="an exit head folder (scripts/train_exit_head.py), for the methods with +hispec")
     parser.add_argument("--target", default=None, help="a known target name or a model folder (default: the drafter's)")
-    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated; see bench/methods.py")
+    parser.add_argument("--methods", default=None,
+                        help="comma-separated; see bench/methods.py (default: DEFAULT_METHODS, plus the +hispec and "
+                             "feature: ones when --exit-head and --feature-drafter are given)")
     parser.add_argument("--prompts", default=None, help="jsonl: {id, domain, prompt} or Spec-Bench's question.jsonl")
     parser.add_argument("--chat-template", action="store_true", help="wrap --prompts in the tokenizer's chat template")
     parser.add_argument("--sets", default=",".join(BUILTIN_SETS), help="built-in held-out prompt sets (without --prompts)")
@@ -68,7 +70,12 @@ def main(argv=None) -> int:
         target = AutoModelForCausalLM.from_pretrained(target_name).eval()
         tokenizer = AutoTokenizer.from_pretrained(target_name)
     target.to(args.device)
-    names = [n.strip() for n in args.methods.split(",") if n.strip()]
+    if args.methods is None:
+        names = list(DEFAULT_METHODS)
+        names += list(DEFAULT_HISPEC_METHODS) if args.exit_head else []
+        names += list(DEFAULT_FEATURE_METHODS) if args.feature_drafter else []
+    else:
+        names = [n.strip() for n in args.methods.split(",") if n.strip()]
     drafter = EvoSpecDrafter.from_pretrained(args.drafter, target=target).to(args.device)
     adapting = None
     if any(n.startswith("evospec-online") for n in names):

@@ -42,7 +42,11 @@ from ..vocab.frequency import VOCABTRIM_NAME
 DEFAULT_METHODS = (
     "target", "hf-assisted", "prompt-lookup", "full-vocab", "fr-spec-8k", "fr-spec-16k", "fr-spec-32k",
     "vocabtrim-16k", "router-16k", "evospec-16k", "evospec-online-16k", "fr-spec-16k+lookup", "evospec-16k+lookup",
+    "evospec-16k+adasd", "evospec-16k+adasd-lossy", "evospec-16k+adasd+lookup",
 )  # fmt: skip
+# added to the default comparison when the bench has what they need: an exit head (--exit-head), a feature drafter
+DEFAULT_HISPEC_METHODS = ("evospec-16k+hispec",)
+DEFAULT_FEATURE_METHODS = ("feature:evospec-16k", "feature:evospec-16k+adasd+lookup", "feature:evospec-16k+adasd-lossy")
 SHORTLISTS = {  # method family -> EvoSpecConfig.shortlist
     "fr-spec": "static", "vocabtrim": "static", "router": "router", "evospec": "evospec", "evospec-online": "evospec",
 }  # fmt: skip

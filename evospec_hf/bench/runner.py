@@ -186,6 +186,11 @@ def _figures(runs: list) -> dict:
         sources, accepted = first["stats"].sources_per_round, first["stats"].accepted_per_round
         drafter_rounds = [a for s, a in zip(sources, accepted) if s == "drafter"]
         figures.update(drafter_rounds=len(drafter_rounds), first_accepted=sum(a > 0 for a in drafter_rounds))
+        figures.update(  # AdaSD and HiSpec at work (0 where off)
+            entropy_stops=middle.entropy_stops, lossy_accepted=middle.lossy_accepted, drafted=middle.drafted,
+            verifier_checked=middle.verifier_checked, verifier_removed=middle.verifier_removed,
+            verifier_seconds=middle.verifier_seconds,
+        )  # fmt: skip
     return figures
 
 
@@ -210,6 +215,9 @@ def _total(rows: list, name: str) -> dict:
         total["head_ms_per_step"] = round(1e3 * sum(f["head_seconds"] for f in mine) / steps, 3) if steps else None
         rounds = sum(f["rounds"] for f in mine)
         total["lookup_share"] = round(sum(f["lookup_rounds"] for f in mine) / rounds, 3) if rounds else None
+        for key in ("entropy_stops", "lossy_accepted", "drafted", "verifier_checked", "verifier_removed"):
+            total[key] = sum(f[key] for f in mine)
+        total["verifier_share"] = round(sum(f["verifier_seconds"] for f in mine) / seconds, 3)
         drafter_rounds = sum(f["drafter_rounds"] for f in mine)
         total["first_accepted"] = round(sum(f["first_accepted"] for f in mine) / drafter_rounds, 4) if drafter_rounds else None
         for part in ("draft", "verify", "learn"):
