@@ -43,7 +43,8 @@ class Draft:
             drafts carry no distribution (copied from the context): transformers then checks them by token match.
         steps: one `DraftStep` per drafted token (drafter rounds only).
         vocabulary: the `DraftVocabulary` the drafter drafted through (None: every token, or no drafter step).
-        seconds: wall time to produce it; `head_seconds` of it in the drafter's LM head.
+        seconds: wall time to produce it; `head_seconds` of it in the drafter's LM head, over `head_steps` steps (as
+            many as `steps`, or more when drafts were cut after they were drafted).
         match: for copied drafts, the length of the suffix found earlier in the sequence (longer matches are
             accepted more often); 0 otherwise.
         entropy_stopped: whether the entropy stop ended the round before its length.
@@ -57,6 +58,7 @@ class Draft:
     seconds: float = 0.0
     head_seconds: float = 0.0
     match: int = 0
+    head_steps: int = 0
     entropy_stopped: bool = False
 
     def __len__(self) -> int:
@@ -69,7 +71,7 @@ class Draft:
         logits = None if self.logits is None else self.logits[:, :length]
         return Draft(
             self.source, self.tokens[:length], logits, self.steps[:length], self.vocabulary, self.seconds,
-            self.head_seconds, self.match, self.entropy_stopped,
+            self.head_seconds, match=self.match, head_steps=self.head_steps, entropy_stopped=self.entropy_stopped,
         )  # fmt: skip
 
     def vocabulary_hits(self, targets: torch.Tensor) -> tuple[int, int]:

@@ -89,7 +89,7 @@ class DraftStats:
     def handed_over(self, draft: Draft) -> None:
         self.draft_seconds += draft.seconds
         self.head_seconds += draft.head_seconds
-        self.head_steps += len(draft.steps)
+        self.head_steps += max(draft.head_steps, len(draft.steps))  # steps whose head ran, cut ones included
         self.lookup_rounds += draft.source == "lookup"
         self.entropy_stops += draft.entropy_stopped
         self.sources_per_round.append(draft.source if len(draft) else "")

@@ -135,7 +135,7 @@ class DraftLoop:
         logits = self._candidate_logits(steps) if self.needs_logits else None
         return Draft(
             self.name, drafted, logits, steps, self.vocabulary, head_seconds=head_seconds,
-            entropy_stopped=entropy_stopped,
+            entropy_stopped=entropy_stopped, head_steps=len(steps) + entropy_stopped,
         )  # fmt: skip
 
     def _candidate_logits(self, steps: list) -> torch.Tensor | None:
