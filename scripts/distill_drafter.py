@@ -285,11 +285,13 @@ def continuations_here(args, target, tokenizer, accelerator, out: Path) -> list:
                       unit="batch", disable=not accelerator.is_main_process):  # fmt: skip
             batch = mine[i : i + args.generation_batch]
             new = greedy_continuations(target, tokenizer, [p.tolist() for _, p in batch], args.continuation_tokens)
-            rows += [(kind, torch.cat([p.long(), torch.tensor(n, dtype=torch.long)])) for (kind, p), n in zip(batch, new) if n]
+            rows += [(kind, torch.cat([p.long(), torch.tensor(n, dtype=torch.long)]))
+                     for (kind, p), n in zip(batch, new) if n]  # fmt: skip
         torch.save(rows, f"{path}.tmp")
         os.replace(f"{path}.tmp", path)
     accelerator.wait_for_everyone()
-    rows = [row for r in range(world) for row in torch.load(out / f"continuations-{args.continuation_tokens}-{r}-of-{world}.pt")]
+    shares = [out / f"continuations-{args.continuation_tokens}-{r}-of-{world}.pt" for r in range(world)]
+    rows = [row for share in shares for row in torch.load(share)]
     # one stream per kind cut into --seq-len chunks: training batches are of one length (continuations that met
     # EOS early would otherwise make a length of their own each)
     chunks = []

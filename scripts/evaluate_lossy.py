@@ -53,7 +53,8 @@ CODE_TASKS = [  # (prompt, asserts)
     ('def factorial(n):\n    """Return n factorial."""\n', ["factorial(5) == 120", "factorial(0) == 1"]),
     ('def count_vowels(s):\n    """Return the number of vowels in s."""\n', ["count_vowels('banana') == 3"]),
     ('def average(xs):\n    """Return the mean of the list xs."""\n', ["average([1, 2, 3]) == 2"]),
-    ('def first_word(s):\n    """Return the first word of the sentence s."""\n', ["first_word('hello world') == 'hello'"]),
+    ('def first_word(s):\n    """Return the first word of the sentence s."""\n',
+     ["first_word('hello world') == 'hello'"]),
     ('def celsius_to_fahrenheit(c):\n    """Convert a temperature from Celsius to Fahrenheit."""\n',
      ["celsius_to_fahrenheit(100) == 212", "celsius_to_fahrenheit(0) == 32"]),
     ('def is_palindrome(s):\n    """Return True if s reads the same backwards."""\n',
@@ -129,7 +130,9 @@ def run(model, tokenizer, drafter, config, items: list[dict]) -> tuple[list[list
     """Greedy generations for `items` (`{"input_ids", "max_new_tokens"}`) under `config` (None: plain greedy)."""
     outputs, stats, seconds, new_tokens = [], DraftStats(), 0.0, 0
     for item in items:
-        kwargs = {} if config is None else {"assistant_model": drafter, "evospec_config": config, "evospec_stats": stats}
+        kwargs = {}
+        if config is not None:
+            kwargs = {"assistant_model": drafter, "evospec_config": config, "evospec_stats": stats}
         input_ids = item["input_ids"]
         start = time.perf_counter()
         out = model.generate(
@@ -158,8 +161,9 @@ def score(tasks: dict, texts: dict, reference_texts: dict, metrics: dict) -> dic
     result["extraction"] = sum(hits) / len(hits)
     runs = [passes(function_body(task["prompt"], t), task["asserts"]) for t, task in zip(texts["code"], tasks["code"])]
     result["code"] = sum(runs) / len(runs)
-    result["prose_rougeL"] = metrics["rouge"].compute(predictions=texts["prose"], references=reference_texts["prose"])["rougeL"]
-    result["prose_chrf"] = metrics["chrf"].compute(predictions=texts["prose"], references=reference_texts["prose"])["score"]
+    prose = {"predictions": texts["prose"], "references": reference_texts["prose"]}
+    result["prose_rougeL"] = metrics["rouge"].compute(**prose)["rougeL"]
+    result["prose_chrf"] = metrics["chrf"].compute(**prose)["score"]
     return result
 
 

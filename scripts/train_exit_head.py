@@ -62,8 +62,10 @@ def main():
         f"feature-teacher-v2-{args.target}-{args.seq_len}-mixture-{args.train_chunks}-{args.layer}-{args.topk}"
     )
     with torch.no_grad():
-        records = [r for path in cache_teacher(target, train, cache / "train", [args.layer], args.topk) for r in torch.load(path)]
-        held = [r for path in cache_teacher(target, heldout, cache / "heldout", [args.layer], args.topk) for r in torch.load(path)]
+        paths = cache_teacher(target, train, cache / "train", [args.layer], args.topk)
+        records = [r for path in paths for r in torch.load(path)]
+        paths = cache_teacher(target, heldout, cache / "heldout", [args.layer], args.topk)
+        held = [r for path in paths for r in torch.load(path)]
 
     head = ExitHead(target.config.get_text_config().hidden_size, args.layer).to(target.dtype)
     before = exit_agreement(target, head, held)

@@ -61,7 +61,8 @@ def train_exit_head(
     bias = getattr(target.get_output_embeddings(), "bias", None)
     cap = logit_softcap(target)
     optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    cosine = lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))  # noqa: E731
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
     step, history = 0, []
     if state_path.exists():
         state = torch.load(state_path, weights_only=False, map_location="cpu")

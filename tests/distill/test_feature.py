@@ -171,3 +171,34 @@ def test_accelerate_launch_two_cpu_processes_matches_one(target, chunks, tmp_pat
     for key in two:
         torch.testing.assert_close(two[key], one[key], atol=1e-4, rtol=1e-3, msg=key)
     assert reports["two"]["loss_first"] == pytest.approx(reports["one"]["loss_first"], rel=1e-3)
+
+
+def test_a_lent_machine_generates_continuations_and_continues_a_drafter(target, chunks, tmp_path):
+    """What `scripts/gpu_train_feature.sh` runs: the chunks file carries prompts, the script generates the target's
+    greedy continuations of them there (cut into `--seq-len` chunks, kept in `--out` for a restart) and continues
+    training a saved drafter's adapter (`--init-adapter`): its 'before' agreement is that drafter's, not zero."""
+    target.save_pretrained(tmp_path / "target")
+    prompts = [("synthetic", ids[:6].int()) for _, ids in chunks[:8]]
+    torch.save({"train": chunks[:8], "heldout": chunks[8:], "prompts": prompts}, tmp_path / "chunks.pt")
+    env = dict(os.environ, OMP_NUM_THREADS="1", EVOSPEC_HF_CACHE=str(tmp_path / "cache"))
+    common = [
+        sys.executable, str(REPO / "scripts" / "distill_drafter.py"), "--kind", "feature", "--target",
+        str(tmp_path / "target"), "--chunks-file", str(tmp_path / "chunks.pt"), "--batch", "4", "--lora-rank", "4",
+        "--topk", "8", "--negatives", "64", "--no-static-table", "--cpu", "--seq-len", "16", "--lr", "1e-2",
+    ]  # fmt: skip
+    first = subprocess.run(common + ["--steps", "30", "--out", str(tmp_path / "first")], env=env,
+                           capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = subprocess.run(
+        common + ["--steps", "4", "--continuation-tokens", "10", "--generation-batch", "4",
+                  "--init-adapter", str(tmp_path / "first"), "--out", str(tmp_path / "second")],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "8 continuations of 8 prompts" in second.stdout, second.stdout[-2000:]
+    assert (tmp_path / "second" / "continuations-10-0-of-1.pt").exists()
+    before = json.loads((tmp_path / "first" / "distill_report.json").read_text())
+    after = json.loads((tmp_path / "second" / "distill_report.json").read_text())
+    assert after["agreement_before"] == before["agreement_after"]  # it started from the first run's adapter
+    assert after["train_chunks"] > before["train_chunks"]  # the continuations joined the training text
+    assert after["init_adapter"] == str(tmp_path / "first") and after["continuation_tokens"] == 10

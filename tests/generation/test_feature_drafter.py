@@ -45,11 +45,8 @@ def prompt(seed, length=10):
     return torch.randint(3, VOCAB_SIZE, (1, length), generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("lookup_tokens", [0, 10], ids=["no-lookup", "lookup"])
-@pytest.mark.parametrize("mode", MODES)
-def test_greedy_equals_plain_greedy(pair, mode, lookup_tokens):
-    target, drafter, router, static_table_path = pair
-    config = config_for(mode, static_table_path, router, lookup_tokens=lookup_tokens)
+def greedy_stats(target, drafter, config, label: str) -> DraftStats:
+    """Generates two prompts with `config`, asserts each output is plain greedy's, and returns the call's stats."""
     stats = DraftStats()
     for seed in range(2):
         expected = target.generate(prompt(seed), max_new_tokens=24, do_sample=False)
@@ -57,7 +54,15 @@ def test_greedy_equals_plain_greedy(pair, mode, lookup_tokens):
             prompt(seed), max_new_tokens=24, do_sample=False, assistant_model=drafter, evospec_config=config,
             evospec_stats=stats,
         )  # fmt: skip
-        assert torch.equal(got, expected), f"{mode} prompt {seed}"
+        assert torch.equal(got, expected), f"{label} prompt {seed}"
+    return stats
+
+
+@pytest.mark.parametrize("lookup_tokens", [0, 10], ids=["no-lookup", "lookup"])
+@pytest.mark.parametrize("mode", MODES)
+def test_greedy_equals_plain_greedy(pair, mode, lookup_tokens):
+    target, drafter, router, static_table_path = pair
+    stats = greedy_stats(target, drafter, config_for(mode, static_table_path, router, lookup_tokens=lookup_tokens), mode)
     if lookup_tokens == 0:
         assert stats.lookup_rounds == 0
         assert stats.drafter_accepted > 0, stats  # the feature drafter itself had drafts accepted
@@ -70,15 +75,7 @@ def test_greedy_with_the_entropy_stop(pair, mode):
     """AdaSD's entropy stop (lossless) under the default "cost" schedule: plain greedy output."""
     target, drafter, router, static_table_path = pair
     config = config_for(mode, static_table_path, router, lookup_tokens=0, entropy_stop=True, draft_schedule="cost")
-    stats = DraftStats()
-    for seed in range(2):
-        expected = target.generate(prompt(seed), max_new_tokens=24, do_sample=False)
-        got = target.generate(
-            prompt(seed), max_new_tokens=24, do_sample=False, assistant_model=drafter, evospec_config=config,
-            evospec_stats=stats,
-        )  # fmt: skip
-        assert torch.equal(got, expected), f"{mode} prompt {seed}"
-    assert stats.drafter_accepted > 0, stats
+    assert greedy_stats(target, drafter, config, mode).drafter_accepted > 0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the compiled Triton head)")
