@@ -213,6 +213,18 @@ class EvoSpecSession:
             self._statistical = NGramIndex(order)
         return self._statistical
 
+    def frequency_table(self, vocab_size: int):
+        """The tokens of this session's conversation so far, by count (`FrequencyTable`; empty before any call with
+        `shortlist="evospec"`, whose statistical index does the counting). `FrequencyTable.save_token_map(path, size,
+        fill=<the drafter's static table>)` writes it for a serving engine."""
+        from ..vocab.frequency import FrequencyTable
+
+        counts = torch.zeros(vocab_size, dtype=torch.long)
+        unigrams = self._statistical.counts.get((), {}) if self._statistical is not None else {}
+        for token, count in unigrams.items():
+            counts[token] = count
+        return FrequencyTable.from_counts(counts, source="EvoSpecSession: the conversation's tokens")
+
     # -- user API ---------------------------------------------------------------------------------------------------
     def reset(self) -> None:
         """Forgets everything learned: the adapter goes back to the drafter's, and statistics are emptied."""

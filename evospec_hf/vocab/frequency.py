@@ -64,6 +64,18 @@ class FrequencyTable:
         """The `n` most frequent token ids (fewer if the corpus saw fewer distinct tokens)."""
         return self.token_ids[:n]
 
+    def save_token_map(self, path: str | os.PathLike, size: int, fill: "FrequencyTable | None" = None) -> list[int]:
+        """Writes the `size` most frequent ids as a serving engine's hot vocabulary: SGLang's
+        `--speculative-token-map` file, a `torch.save` of a plain list of ints, which SGLang reads with
+        `torch.load(path, weights_only=True)`. `fill`: a table whose ids complete the list when this one saw fewer
+        than `size` distinct tokens (a session's counts in front of the static list, say). Returns the ids."""
+        ids = self.top(size).tolist()
+        if fill is not None and len(ids) < size:
+            seen = set(ids)
+            ids += [t for t in fill.token_ids.tolist() if t not in seen][: size - len(ids)]
+        torch.save([int(t) for t in ids], os.fspath(path))
+        return ids
+
     def save(self, path: str | os.PathLike) -> None:
         """Writes the table to `path` (a .json file, or a folder: then `<folder>/evospec_frequency.json`)."""
         path = os.path.join(path, TABLE_NAME) if os.path.isdir(path) else os.fspath(path)

@@ -104,3 +104,34 @@ def test_build_from_a_datasets_corpus_with_a_local_tokenizer(tmp_path):
     assert table.vocab_size == 6
     assert table.token_ids.tolist()[:2] == [1, 2]  # 'the' x4, 'cat' x2
     assert dict(zip(table.token_ids.tolist(), table.counts.tolist())) == {1: 4, 2: 2, 3: 1, 5: 1, 4: 1, 0: 1}
+
+
+def test_a_token_map_loads_as_sglang_loads_it(tmp_path):
+    """SGLang's `--speculative-token-map`: a torch file of a plain list of ints, read with weights_only=True."""
+    import torch
+
+    from evospec_hf.vocab.frequency import FrequencyTable
+
+    table = FrequencyTable.from_token_ids([[5, 5, 5, 7, 7, 2]], vocab_size=10)
+    static = FrequencyTable.from_token_ids([[1, 1, 1, 2, 2, 3, 9]], vocab_size=10)
+    ids = table.save_token_map(tmp_path / "hot.pt", size=5, fill=static)
+    loaded = torch.load(tmp_path / "hot.pt", weights_only=True)
+    assert loaded == ids == [5, 7, 2, 1, 3]  # this table's order, then the static list's without repeats
+    assert type(loaded) is list and all(type(t) is int for t in loaded)
+    assert table.save_token_map(tmp_path / "two.pt", size=2) == [5, 7]
+
+
+def test_a_session_exports_the_tokens_of_its_conversation(tmp_path):
+    import torch
+
+    from evospec_hf import EvoSpecSession
+
+    from ..conftest import tiny_llama
+
+    session = EvoSpecSession(tiny_llama(seed=1, layers=1), online=False)
+    assert session.frequency_table(96).token_ids.numel() == 0  # nothing seen yet
+    session.statistical_index(2).update(torch.tensor([4, 9, 9, 9, 4, 30]))
+    table = session.frequency_table(96)
+    assert table.top(3).tolist() == [9, 4, 30]
+    table.save_token_map(tmp_path / "hot.pt", size=3)
+    assert torch.load(tmp_path / "hot.pt", weights_only=True) == [9, 4, 30]
