@@ -18,7 +18,6 @@ import torch
 
 from ..evolve.kd import topk_kd_loss
 from ..ops.softcap import logit_softcap
-from .feature import cache_teacher  # noqa: F401  (the teacher cache this trains from)
 
 
 def final_norm(target):

@@ -14,13 +14,13 @@ and where its prediction differs from a draft the round is cut:
 The verifier's layers are the target's, so its KV entries for those layers equal the target's own. transformers'
 assisted loop runs the target's forward whole, so that work is not reused here (`README`, "HiSpec", says what it
 would save). The verifier costs `layer` layers and a shortlist head per draft position; it pays when the drafts it
-removes would have cost the target more than that (`scripts/profile_verification.py` measures both).
+removes would have cost the target more than that (the bench's `+hispec` methods report both: the
+verifier's share of the wall time and the drafts it removed).
 """
 
 from __future__ import annotations
 
 import threading
-import time
 import weakref
 
 import torch
@@ -64,6 +64,7 @@ class VerifierParts:
         self.ids = shortlist.to(self.weight.device)
         self.rows = self.weight[self.ids].contiguous()  # packed once: no gathers over the vocabulary per round
         self.bias = None if getattr(head, "bias", None) is None else head.bias.detach()
+        self.row_bias = None if self.bias is None else self.bias[self.ids].contiguous()
         self.softcap = logit_softcap(target)
 
 
@@ -91,23 +92,20 @@ class IntermediateVerifier:
         parts: the target's `VerifierParts`.
         do_sample: whether the call samples (then the first disagreeing draft is kept).
 
-    Attributes:
-        checked, removed: drafts it judged and drafts it took out of rounds; `seconds`: its wall time.
+    What it judged, removed and cost is counted by the candidate generator (`DraftStats.verifier_*`).
     """
 
     def __init__(self, parts: VerifierParts, do_sample: bool = False):
         self.parts, self.do_sample = parts, do_sample
         self.cache = DynamicCache(config=parts.body.config)
         self.cache.activate_past_recording()  # sliding-window layers keep their past until rejected drafts are cut
-        self.checked = self.removed = 0
-        self.seconds = 0.0
 
     @torch.no_grad()
     def keep(self, input_ids: torch.LongTensor, draft: Draft) -> int:
         """How many of `draft`'s tokens go on to the target (all when it agrees with every one)."""
         if len(draft) == 0:
             return 0
-        start, parts = time.perf_counter(), self.parts
+        parts = self.parts
         cached = self.cache.get_seq_length()
         keep = min(cached, input_ids.shape[1] - 1)  # entries of the verified prefix are still valid
         if cached > keep:
@@ -115,7 +113,7 @@ class IntermediateVerifier:
         feed = torch.cat([input_ids[0, keep:], draft.tokens[:-1].to(input_ids.device)])[None]
         hidden = parts.body(input_ids=feed, past_key_values=self.cache, use_cache=True).last_hidden_state
         hidden = parts.exit_head(hidden[0, -len(draft) :])  # the positions whose next tokens are the drafts
-        best = softcap(F.linear(hidden, parts.rows), parts.softcap).max(dim=-1).values  # (k,)
+        best = softcap(F.linear(hidden, parts.rows, parts.row_bias), parts.softcap).max(dim=-1).values  # (k,)
         tokens = draft.tokens.to(hidden.device)
         own = (hidden * parts.weight[tokens]).sum(-1)  # each draft's own logit (k rows, not the vocabulary)
         own = softcap(own if parts.bias is None else own + parts.bias[tokens], parts.softcap)
@@ -125,7 +123,4 @@ class IntermediateVerifier:
         if disagree.numel():
             first = int(disagree[0, 0])
             kept = min(len(draft), first + 1) if self.do_sample else first
-        self.checked += len(draft)
-        self.removed += len(draft) - kept
-        self.seconds += time.perf_counter() - start
         return kept
