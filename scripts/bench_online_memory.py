@@ -45,7 +45,7 @@ def worker(args) -> dict:
     config = EvoSpecConfig(shortlist="static+context", num_draft_tokens=4)
     alignment = OnlineAlignmentConfig(
         update_every=1, batch_size=args.batch_size, replay_size=args.replay_size, min_replay=min(16, args.replay_size),
-        kd=args.kd or "topk",
+        kd=args.kd or "topk", learn="in-loop", governor=False,  # what one call's updates cost, inside it
     )
     common = dict(max_new_tokens=args.max_new_tokens, do_sample=False, assistant_model=drafter, evospec_config=config)
     target.generate(input_ids, evospec_session=EvoSpecSession(drafter, alignment, online=False), **common)  # warm-up

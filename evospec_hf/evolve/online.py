@@ -4,8 +4,10 @@ Every round, transformers' assisted-decoding loop hands the candidate generator 
 verified position (`update_candidate_strategy`). `OnlineAligner.record` keeps a compact record of that round in a
 bounded replay buffer: a window of context tokens, the target's top-k logits at the verified positions, and how far
 the drafter was from the target's token there (its rank among the drafter's shortlist logits). Every
-`update_every` rounds, `update` takes one optimiser step on the LoRA parameters with `topk_kd_loss` over a
-batch of records.
+`update_every` rounds earn one `update`: one optimiser step on the LoRA parameters with `topk_kd_loss` over a
+batch of records. The session runs the earned updates between calls (`learn="between-calls"`, the default) or
+inside the decoding loop (`"in-loop"`). After each step, `anchor` pulls the weights part of the way back to the
+session's starting adapter, so that one text does not overwrite what the shipped adapter knows of the domain.
 
 Curriculum (`curriculum_start_rank`): a position is taught only when the drafter ranked the target's token within
 the current bound. It starts with near misses (the target's token was in the drafter's top 4) and the accepted
@@ -13,7 +15,9 @@ positions around them, and the bound grows `curriculum_growth` times (4 by defau
 improved since the stage began, or after `curriculum_patience` updates without improvement. Why: near misses are
 what a small LoRA step can turn into acceptances; positions the drafter was far from need large changes, give large
 noisy gradients from a handful of examples, and early on mostly disturb what already works. Tokens outside the
-shortlist cannot be drafted at all, so they are taught only once the bound is unlimited.
+shortlist cannot be drafted at all, so they are taught only once the bound is unlimited. Whatever the bound, the
+position where a round's drafts were rejected (the target's correction) is taught too (`teach_rejected`), as online
+speculative decoding does.
 
 Safety: the target still verifies every token, so nothing learned here can change the output. A loss that is not
 finite or exceeds `max_loss_ratio` times its running average, or weights that stop being finite after a step,
@@ -31,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 
 from ..config import JsonConfigMixin
 from ..models.drafter import feature_inputs
@@ -162,6 +167,66 @@ class OnlineAlignmentConfig(JsonConfigMixin):
         default=16, metadata={"help": "Rank of the LoRA adapter added to a drafter that has none."}
     )
     seed: int = field(default=0, metadata={"help": "Seed of the replay sampling."})
+    learn: str = field(
+        default="between-calls",
+        metadata={
+            "help": (
+                "'between-calls': a call only drafts and records; the updates it earned (one per `update_every` "
+                "rounds) run in a background thread after it returns, while the person reads, and yield as soon as "
+                "any call wants the drafter. 'in-loop': updates run inside the decoding loop, as rounds go."
+            )
+        },
+    )
+    updates_per_pause: int | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "Updates to run between two calls ('between-calls'). None: one per `update_every` rounds of the "
+                "call that just ended (plus what an earlier pause left undone, at most as much again)."
+            )
+        },
+    )
+    anchor: float = field(
+        default=0.2,
+        metadata={
+            "help": (
+                "After each update, every trained weight moves this fraction of the way back to the session's "
+                "starting adapter (the shipped one): what one text teaches fades unless the next texts teach it "
+                "again, so one text does not overwrite the domain. 0 disables. On Gemma's feature drafter over 20 "
+                "code texts (scripts/replay_learning_stream.py): the next texts' agreement fell 8 points with 0, "
+                "1.6-2 points with 0.05, 0.3-0.6 points (noise) with 0.2."
+            )
+        },
+    )
+    teach_rejected: bool = field(
+        default=True,
+        metadata={
+            "help": (
+                "Teach the position where a round's drafts were rejected (the target's correction) whatever the "
+                "curriculum's bound, as online speculative decoding does, besides the curriculum's near misses."
+            )
+        },
+    )
+    governor: bool = field(
+        default=True,
+        metadata={
+            "help": (
+                "Turn learning off when it does not pay: after each call, the adapter the call drafted with and the "
+                "starting adapter are compared on that call's verified positions (text the adapter had not learned "
+                "from); the tau gain is converted into seconds saved and weighed against the seconds learning made "
+                "calls wait. See `LearningGovernor`."
+            )
+        },
+    )
+    governor_calls: int = field(
+        default=4,
+        metadata={
+            "help": (
+                "Calls over which the governor sums gain and cost; it decides once this many calls were drafted "
+                "with a learned adapter."
+            )
+        },
+    )
 
     def __post_init__(self):
         self.validate()
@@ -171,6 +236,12 @@ class OnlineAlignmentConfig(JsonConfigMixin):
         for name in ("update_every", "batch_size", "window", "topk", "replay_size", "curriculum_patience", "lora_rank",
                      "curriculum_end_rank", "curriculum_acceptance_rounds"):  # fmt: skip
             check_int(name, getattr(self, name), minimum=1)
+        check_int("updates_per_pause", self.updates_per_pause, minimum=0, optional=True)
+        check_int("governor_calls", self.governor_calls, minimum=1)
+        check_number("anchor", self.anchor, minimum=0, below=1)  # 1 would undo every update
+        check_bool("teach_rejected", self.teach_rejected)
+        check_bool("governor", self.governor)
+        check_choice("learn", self.learn, ("between-calls", "in-loop"))
         for name in ("negatives", "min_replay", "warmup_updates"):
             check_int(name, getattr(self, name), minimum=0)
         check_int("trainable_layers", self.trainable_layers, minimum=1, optional=True)
@@ -202,6 +273,17 @@ class AlignmentStats:
     update_ms: list = field(default_factory=list)
     accepted_per_round: list = field(default_factory=list)  # tokens accepted each round, for acceptance curves
     max_rank: list = field(default_factory=list)  # the curriculum's bound at each update
+    drafted_per_round: list = field(default_factory=list)  # tokens offered to the target each round
+    idle_updates: int = 0  # updates run between calls, while no call wanted the drafter
+    idle_update_ms: list = field(default_factory=list)
+    yielded: int = 0  # updates abandoned half-way because a call wanted the drafter
+    blocked_ms: list = field(default_factory=list)  # per call: how long it waited for background learning to yield
+    governor: list = field(default_factory=list)  # one `LearningGovernor` verdict per call it measured
+
+    @property
+    def in_call_updates(self) -> int:
+        """Updates that ran inside a call (`learn="in-loop"`), i.e. while someone waited."""
+        return self.updates - self.idle_updates
 
 
 class OnlineAligner:
@@ -217,13 +299,15 @@ class OnlineAligner:
         stats: the session's `AlignmentStats`.
         feature_drafter: for a feature drafter, the model beneath peft: records then carry the target's hidden
             states, and the drafter re-reads them with the tokens (`evospec_hf.models.drafter.feature_inputs`).
+        anchor: the weights `config.anchor` pulls the trained ones back to (the session's starting adapter).
     """
 
     def __init__(
         self, body, head_weight, head_bias, softcap, params: dict, config: OnlineAlignmentConfig, state, stats,
-        feature_drafter=None,
+        feature_drafter=None, anchor: dict | None = None,
     ):  # fmt: skip
         self.body, self.head_weight, self.head_bias, self.softcap = body, head_weight, head_bias, softcap
+        self.anchor = anchor
         self.feature_drafter = feature_drafter
         self.params = params
         self.config, self.state, self.stats = config, state, stats
@@ -233,6 +317,8 @@ class OnlineAligner:
             state.optimizer.param_groups[0]["params"] = list(params.values())
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self.last_sequence: torch.Tensor | None = None
+        self.last_features: torch.Tensor | None = None
 
     @property
     def weights_version(self) -> int:
@@ -255,8 +341,10 @@ class OnlineAligner:
             features: a feature drafter's `(1, n, F)` target hidden states of the sequence's first `n >= seq_len - 2`
                 positions (the ones its pairs read).
         """
+        self.last_sequence, self.last_features = sequence, features  # the call's output so far (the governor's)
         self.stats.rounds += 1
         self.stats.accepted_per_round.append(int(num_matches))
+        self.stats.drafted_per_round.append(int(scores.shape[1]) - 1)
         verified = num_matches + 1
         teacher = scores[0, :verified].float()
         if bool(torch.isnan(teacher).any() or torch.isposinf(teacher).any()):
@@ -266,7 +354,9 @@ class OnlineAligner:
         first = end - verified - start  # hidden state index predicting the first verified token
         if first < 0:
             return  # window shorter than a round: nothing to re-read
-        record = {"tokens": sequence[start:end].clone(), "first": first, "ranks": ranks.clone()}
+        # the last verified position is the target's correction of a rejected draft, or the bonus token after all
+        rejected = num_matches < scores.shape[1] - 1
+        record = {"tokens": sequence[start:end].clone(), "first": first, "ranks": ranks.clone(), "rejected": rejected}
         if features is not None:
             if first < 1:
                 return  # a feature drafter predicts token t from the pair at t - 2: the window must start earlier
@@ -285,8 +375,9 @@ class OnlineAligner:
 
     # -- training ------------------------------------------------------------------------------------------------
     def start(self) -> None:
-        """Runs an update if one is due: now, or in a background thread with `async_updates`."""
-        if not self.update_due():
+        """Runs an update if one is due (`learn="in-loop"` only): now, or in a background thread with
+        `async_updates`."""
+        if self.config.learn != "in-loop" or not self.update_due():
             return
         self.state.rounds_since_update = 0
         if not self.config.async_updates:
@@ -311,27 +402,33 @@ class OnlineAligner:
         except BaseException as err:  # re-raised on the generating thread by `wait`
             self._error = err
 
-    def update(self) -> None:
-        """One optimiser step on a replay batch, with rollback on a bad loss or non-finite weights."""
+    def update(self, should_stop=None) -> bool:
+        """One optimiser step on a replay batch, with rollback on a bad loss or non-finite weights.
+
+        `should_stop` (a callable, for learning between calls) is asked once the loss is known: if it says True, the
+        step is abandoned (nothing changes) and False is returned. Otherwise returns True."""
         start = time.perf_counter()
         batch = self._sample()
         max_rank = self.state.max_rank
         with torch.enable_grad():
             loss = self._loss(batch, max_rank)
+            if should_stop is not None and should_stop():
+                self.stats.yielded += 1
+                return False
             if loss is None:
                 self.stats.skipped += 1
-                return
+                return True
             value = loss.item()
             average = self.state.loss_average
             if not torch.isfinite(loss) or not self._weights_finite():
                 # (a finite loss does not prove finite weights: a parameter the loss does not reach stays NaN, and
                 # snapshotting it as "last good" would make every later rollback restore the NaN)
                 self._rollback()
-                return
+                return True
             if average is not None and value > self.config.max_loss_ratio * average:
                 if not self.state.rolled_back:
                     self._rollback()
-                    return
+                    return True
                 # the last good adapter is over the bound too: the text got harder (e.g. a topic switch), the
                 # weights did not diverge. Accept the new level instead of rolling back forever.
                 average = None
@@ -341,15 +438,48 @@ class OnlineAligner:
             loss.backward()
             self.state.optimizer.step()
             self.state.scheduler.step()
+            self._pull_to_anchor()
         if not self._weights_finite():
             self._rollback()
-            return
+            return True
         self.state.loss_average = value if average is None else 0.9 * average + 0.1 * value
         self.stats.updates += 1
         self.stats.losses.append(round(value, 4))
         self.stats.max_rank.append(max_rank)
         self.stats.update_ms.append(round((time.perf_counter() - start) * 1e3, 2))
         self._advance_curriculum()
+        return True
+
+    @torch.no_grad()
+    def _pull_to_anchor(self) -> None:
+        if self.config.anchor and self.anchor is not None:
+            for name, p in self.params.items():
+                p.lerp_(self.anchor[name].to(p.device, p.dtype), self.config.anchor)
+
+    @torch.no_grad()
+    def agreement(self, sequence: torch.LongTensor, first: int, features=None, positions: int = 64) -> tuple:
+        """(hits, positions): teacher-forced on a call's output, how often the drafter's greedy token over the whole
+        vocabulary is the token the target produced, with the weights the drafter holds now.
+
+        Every generated position counts (at most the last `positions`), not only the verified ones: those are
+        chosen by the drafter that drafted them (its accepted drafts), which would favour it over any other adapter.
+
+        Args:
+            sequence: `(seq_len,)` prompt and output.
+            first: index of the first generated token.
+            features: a feature drafter's `(1, n, F)` target hidden states of the sequence (as `record` takes them).
+        """
+        end = sequence.shape[0] - 1
+        window = {"tokens": sequence[:end]}
+        if features is not None:
+            window["features"] = features[0, :end]
+        hidden = self._hidden_states(window)  # row i predicts token i + 1
+        rows = torch.arange(max(first - 1, end - positions, 0), min(end, hidden.shape[0]))
+        if rows.numel() == 0:
+            return 0, 0
+        logits = F.linear(hidden[rows], self.head_weight, self.head_bias)  # softcapping keeps the order
+        hits = int((logits.argmax(-1) == sequence[rows + 1].to(logits.device)).sum())
+        return hits, int(rows.numel())
 
     def _sample(self) -> list:
         replay = self.state.replay
@@ -365,6 +495,8 @@ class OnlineAligner:
         for record in batch:
             ranks = record["ranks"]
             eligible = torch.ones_like(ranks, dtype=torch.bool) if max_rank is None else ranks <= max_rank
+            if self.config.teach_rejected and record.get("rejected", False):
+                eligible[-1] = True
             if not bool(eligible.any()):
                 continue
             first = record["first"]

@@ -108,7 +108,8 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
         learner = None
         if session is not None:
             learner = session.attach(
-                assistant_model, head.weight.detach(), _bias(head), logit_softcap(assistant_model)
+                assistant_model, head.weight.detach(), _bias(head), logit_softcap(assistant_model),
+                prompt_length=input_ids.shape[1],
             )
         try:
             ngram = None  # shortlist="evospec": a session keeps its n-gram counts across calls

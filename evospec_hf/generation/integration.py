@@ -113,6 +113,8 @@ def evospec_drafting(
             )
         finish_call()  # a second generate call inside one block: the first one is over
         lock = drafter_lock(assistant_model)
+        if session is not None:
+            session.pause_learning()  # before waiting for the drafter: its background learning yields to this call
         drafting.holds.enter_context(lock.exclusive() if session is not None else lock.shared())
         drafting.generator = EvoSpecCandidateGenerator(
             input_ids=input_ids,

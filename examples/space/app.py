@@ -224,10 +224,17 @@ def session_summary(session: EvoSpecSession | None) -> str:
     half = len(accepted) // 2
     first = sum(accepted[:half]) / half if half else 0.0
     last = sum(accepted[half:]) / (len(accepted) - half) if len(accepted) > half else 0.0
+    if session.learning:
+        learning = "learning is on"
+    else:
+        kept = "your learned adapter" if session.governor is None or session.governor.use_learned else "the shipped one"
+        learning = f"learning is off (it did not pay on your texts); drafting with {kept}"
+    waited = max(stats.blocked_ms, default=0.0)
     return (
-        f"**Your session** (this browser tab only): {stats.rounds} rounds, {stats.updates} updates, "
-        f"{stats.rollbacks} rollbacks. Accepted drafts per round: {first:.2f} in the first half of your rounds, "
-        f"{last:.2f} in the second."
+        f"**Your session** (this browser tab only): {stats.rounds} rounds, {stats.updates} updates "
+        f"({stats.idle_updates} between your calls, while you read; the longest wait it caused: {waited:.0f} ms), "
+        f"{stats.rollbacks} rollbacks; {learning}. Accepted drafts per round: {first:.2f} in the first half of "
+        f"your rounds, {last:.2f} in the second."
     )
 
 

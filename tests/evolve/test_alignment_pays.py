@@ -17,7 +17,8 @@ SHARPEN = 20.0
 # LEARN_FAST (test_session.py) but lr 1e-3: at 1e-2 every Adam step moves each LoRA weight by about 1e-2, which for
 # these weights (std ~0.02) overshoots, and the drafter's agreement collapses towards 0 instead of rising
 LEARN = dict(
-    update_every=1, batch_size=2, window=16, lr=1e-3, curriculum_start_rank=None, min_replay=1, warmup_updates=0
+    update_every=1, batch_size=2, window=16, lr=1e-3, curriculum_start_rank=None, min_replay=1, warmup_updates=0,
+    learn="in-loop", governor=False, anchor=0.0,
 )
 LEARN_PROMPTS, HELD_OUT_PROMPTS = range(8), range(100, 108)
 NEW_TOKENS = 40

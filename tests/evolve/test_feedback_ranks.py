@@ -121,7 +121,7 @@ def test_a_drafter_far_from_the_target_has_nothing_to_teach_at_a_tight_bound(tar
     were 0, no update could ever be skipped."""
     config = OnlineAlignmentConfig(
         update_every=1, batch_size=1, min_replay=1, warmup_updates=0, window=16, curriculum_start_rank=1,
-        curriculum_patience=10**6,
+        curriculum_patience=10**6, learn="in-loop", teach_rejected=False,
     )  # fmt: skip
     session = EvoSpecSession(tiny_llama(seed=7), config)  # an unrelated model: it rarely agrees with the target
     drafting = EvoSpecConfig(shortlist="full", num_draft_tokens=4, lookup_tokens=0, draft_schedule="heuristic")

@@ -10,14 +10,15 @@ from ..conftest import VOCAB_SIZE, tiny_llama
 
 
 def aligner(**overrides):
-    config = OnlineAlignmentConfig(**{"update_every": 1, "min_replay": 1, "warmup_updates": 0, "window": 8, **overrides})
+    config = OnlineAlignmentConfig(**{"update_every": 1, "min_replay": 1, "warmup_updates": 0, "window": 8,
+                                     "learn": "in-loop", **overrides})
     session = EvoSpecSession(tiny_llama(seed=1), config)
     params = {name: p for name, p in session.drafter.named_parameters() if "lora_" in name}
     for p in params.values():
         p.requires_grad_(True)
     head = unwrap_peft(session.drafter).get_output_embeddings()
     return OnlineAligner(unwrap_peft(session.drafter).base_model, head.weight.detach(), None, None, params, config,
-                         session._state, session.stats)  # fmt: skip
+                         session._state, session.stats, anchor=session._initial)  # fmt: skip
 
 
 def feed(al, ranks, length=12, seed=0):
@@ -62,3 +63,35 @@ def test_full_kd_keeps_whole_rows_and_topk_keeps_k():
         assert al.stats.updates == 1
     assert topk.state.replay[0]["teacher_ids"].shape == (3, 5)
     assert full.state.replay[0]["teacher_full"].shape == (3, VOCAB_SIZE)
+
+
+def test_the_anchor_pulls_each_update_back_toward_the_starting_adapter():
+    """The same first step with and without the pull: the anchored weights move (1 - anchor) as far."""
+    steps = {}
+    for anchor in (0.0, 0.25):
+        torch.manual_seed(0)  # the same fresh LoRA initialisation for both
+        al = aligner(anchor=anchor)
+        start = {name: p.detach().clone() for name, p in al.params.items()}
+        feed(al, [0, 1, 2])
+        al.update()
+        assert al.stats.updates == 1
+        steps[anchor] = {name: p.detach() - start[name] for name, p in al.params.items()}
+    assert any(bool(step.abs().max() > 0) for step in steps[0.0].values())
+    for name, step in steps[0.0].items():
+        torch.testing.assert_close(steps[0.25][name], 0.75 * step)
+
+
+def test_a_rejected_position_is_taught_whatever_the_curriculums_bound():
+    """The target's correction of a rejected draft is taught even when the drafter ranked it far down (as OSD
+    does); a round whose drafts were all accepted has no such position."""
+    sequence = torch.arange(3, 15)
+    for teach in (False, True):
+        al = aligner(curriculum_start_rank=1, teach_rejected=teach)
+        scores = torch.randn(1, 3, VOCAB_SIZE, generator=torch.Generator().manual_seed(0))
+        al.record(sequence, scores[:, :2], 1, torch.tensor([50, 50]))  # one draft, accepted, then the bonus token
+        al.update()
+        assert (al.stats.skipped, al.stats.updates) == (1, 0)
+        al.record(sequence, scores, 1, torch.tensor([50, 50]))  # two drafts, the second rejected
+        al.state.replay.popleft()  # only the rejected round in the batch
+        al.update()
+        assert (al.stats.skipped, al.stats.updates) == ((2, 0) if not teach else (1, 1))

@@ -53,6 +53,16 @@ def test_curriculum_defaults_are_the_former_constants():
             {"min_replay": 200, "replay_size": 128}, "`min_replay` (200) must not exceed `replay_size` (128)",
             id="min-replay-over-size",
         ),
+        pytest.param({"learn": "async"}, "`learn` must be one of ('between-calls', 'in-loop'), got 'async'.", id="learn"),
+        pytest.param({"anchor": 1.0}, "`anchor` must be a number >= 0 and < 1, got 1.0.", id="anchor-one"),
+        pytest.param({"anchor": -0.1}, "`anchor` must be a number >= 0 and < 1, got -0.1.", id="anchor-negative"),
+        pytest.param(
+            {"updates_per_pause": -1}, "`updates_per_pause` must be None or a non-negative integer, got -1.",
+            id="updates-per-pause-negative",
+        ),
+        pytest.param({"governor_calls": 0}, "`governor_calls` must be a positive integer, got 0.", id="governor-calls"),
+        pytest.param({"governor": "on"}, "`governor` must be True or False, got 'on'.", id="governor-str"),
+        pytest.param({"teach_rejected": 1}, "`teach_rejected` must be True or False, got 1.", id="teach-rejected-int"),
     ],
 )  # fmt: skip
 def test_invalid_values_name_the_field_and_value(kwargs, message):

@@ -8,7 +8,8 @@ from evospec_hf.evolve.online import OnlineAligner
 
 from ..conftest import VOCAB_SIZE, noisy_copy, tiny_gemma3, tiny_llama
 
-LEARN_FAST = dict(update_every=1, batch_size=2, window=16, lr=1e-2, curriculum_start_rank=None, min_replay=1, warmup_updates=0)
+LEARN_FAST = dict(update_every=1, batch_size=2, window=16, lr=1e-2, curriculum_start_rank=None, min_replay=1, warmup_updates=0,
+                 learn="in-loop", governor=False)
 
 
 def prompt(seed, length=10):

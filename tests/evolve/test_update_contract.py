@@ -10,7 +10,8 @@ from ..conftest import VOCAB_SIZE, noisy_copy, tiny_llama
 
 # as in test_session.py
 LEARN_FAST = dict(
-    update_every=1, batch_size=2, window=16, lr=1e-2, curriculum_start_rank=None, min_replay=1, warmup_updates=0
+    update_every=1, batch_size=2, window=16, lr=1e-2, curriculum_start_rank=None, min_replay=1, warmup_updates=0,
+    learn="in-loop", governor=False,
 )
 
 

@@ -18,7 +18,8 @@ THREADS, REPEATS = 4, 5
 # every run of a call is then the same, alone or not
 STEADY = dict(draft_schedule="heuristic", num_draft_tokens=3, fast_verify_head=False)
 LEARN_FAST = dict(
-    update_every=1, batch_size=2, window=16, lr=1e-2, curriculum_start_rank=None, min_replay=1, warmup_updates=0
+    update_every=1, batch_size=2, window=16, lr=1e-2, curriculum_start_rank=None, min_replay=1, warmup_updates=0,
+    learn="in-loop", governor=False,
 )
 
 

@@ -16,7 +16,8 @@ from ..conftest import (
 )  # fmt: skip
 
 MODES = ["full", "static", "context", "static+context", "router", "router+context", "evospec"]
-LEARN = dict(update_every=1, batch_size=2, window=16, lr=1e-3, curriculum_start_rank=None, min_replay=1, warmup_updates=0)
+LEARN = dict(update_every=1, batch_size=2, window=16, lr=1e-3, curriculum_start_rank=None, min_replay=1, warmup_updates=0,
+             learn="in-loop", governor=False)
 
 
 @pytest.fixture(scope="module", params=list(ARCHITECTURES))
@@ -114,6 +115,26 @@ def test_greedy_is_unchanged_while_the_feature_drafter_learns(pair, mode):
     assert any(not torch.equal(before[name], t) for name, t in session._weights.items())  # it did learn
     replay = session._state.replay
     assert replay and all("features" in record for record in replay)  # it learns from the target's hidden states
+
+
+def test_the_feature_drafter_learns_between_calls_and_the_governor_measures_it(pair):
+    """The background thread re-reads the target's hidden states with the tokens, for updates and for the governor's
+    comparison on each call's output."""
+    target, drafter, router, static_table_path = pair
+    session = EvoSpecSession(drafter, OnlineAlignmentConfig(**{**LEARN, "learn": "between-calls", "governor": True}))
+    config = config_for("full", static_table_path, router, lookup_tokens=0)
+    for seed in range(3):
+        expected = target.generate(prompt(seed), max_new_tokens=24, do_sample=False)
+        got = target.generate(
+            prompt(seed), max_new_tokens=24, do_sample=False, assistant_model=session.drafter, evospec_config=config,
+            evospec_session=session,
+        )  # fmt: skip
+        assert torch.equal(got, expected)
+        session.wait_learning()
+    assert session.stats.idle_updates > 0 and session.stats.in_call_updates == 0
+    verdicts = session.stats.governor
+    # the last round of a call is not recorded (its hidden states come with a next round that never happens)
+    assert [v["call"] for v in verdicts] == [2, 3] and all(10 < v["positions"] <= 24 for v in verdicts), verdicts
 
 
 def test_each_draft_is_the_argmax_over_its_step_vocabulary(pair, monkeypatch):

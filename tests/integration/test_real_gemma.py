@@ -63,7 +63,7 @@ def test_online_alignment_keeps_real_gemma_exact(pair):
     """The drafter's LoRA learns every round from Gemma's verification; the output stays plain greedy's."""
     model, tokenizer, _ = pair
     drafter = EvoSpecDrafter.from_pretrained(CHECKPOINT, target=model, merge_adapter=False)
-    session = EvoSpecSession(drafter, OnlineAlignmentConfig(update_every=1, batch_size=2, window=32, min_replay=2))
+    session = EvoSpecSession(drafter, OnlineAlignmentConfig(update_every=1, batch_size=2, window=32, min_replay=2, learn="in-loop"))
     inputs = tokenizer(PROMPTS["code"], return_tensors="pt")
     expected = model.generate(**inputs, max_new_tokens=24, do_sample=False)
     got = model.generate(

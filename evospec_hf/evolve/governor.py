@@ -1,0 +1,78 @@
+"""`LearningGovernor`: whether a session's online learning pays, decided call by call from measurements.
+
+After each call, the adapter the call drafted with ("learned") and the session's starting adapter ("shipped") are
+compared on that call's own output, teacher-forced: how often each one's greedy token is the token the target
+produced. Neither had learned from that text (between calls, the updates on it come later; in the loop, the
+adapter is the one from the call's start), so the comparison says what learning bought on new text.
+
+From the two agreements `a`, the expected tokens per round of a drafter offering `k` tokens a round (the call's
+mean) is `(1 - a^(k+1)) / (1 - a)` (each draft accepted independently with probability `a`). The call would have
+needed `tau_learned / tau_shipped` times as many rounds with the shipped adapter, so learning saved
+`drafting seconds x (tau_learned / tau_shipped - 1)` (negative when the learned adapter is worse). Its cost is the
+time the call spent on learning: updates inside the loop, and waiting for background learning to yield.
+
+Once `calls` calls were drafted with a learned adapter, learning stays on only while the saved seconds over the last
+`calls` such calls exceed the cost. When it stops, the session keeps drafting with the learned adapter if its gain
+over those calls was positive, and goes back to the shipped adapter otherwise. The estimate ignores prompt-lookup
+copies (they do not depend on the adapter), so it overstates relative gains where lookup drafts much.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+def expected_tau(agreement: float, drafted: float) -> float:
+    """Tokens per round (accepted drafts + the target's own) when each of `drafted` drafts is accepted with
+    probability `agreement`, independently, until the first rejection."""
+    a = min(max(agreement, 0.0), 0.999)
+    return (1 - a ** (drafted + 1)) / (1 - a)
+
+
+@dataclass
+class CallMeasure:
+    """One call, as the governor sees it."""
+
+    seconds: float  # the call's wall time
+    waited: float  # seconds of it spent on learning (updates inside the loop, waiting for background learning)
+    drafted: float  # tokens offered to the target per round (mean)
+    learned: tuple  # (hits, positions) of the adapter the call drafted with, on the call's output
+    shipped: tuple  # (hits, positions) of the starting adapter, on the same positions
+
+
+@dataclass
+class Verdict:
+    call: int  # the session's call number (1-based)
+    positions: int  # the call's output positions both adapters were compared on
+    agreement_learned: float
+    agreement_shipped: float
+    saved_s: float
+    cost_s: float
+    learning: bool  # learning stays on after this call
+    use_learned: bool  # the next calls draft with the learned adapter (else the shipped one)
+
+    def as_dict(self) -> dict:
+        return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}
+
+
+class LearningGovernor:
+    """Keeps learning on while it pays (see the module's docstring). `observe` takes each measured call."""
+
+    def __init__(self, calls: int):
+        self.calls = calls
+        self.learning, self.use_learned = True, True
+        self._window: list[tuple[float, float]] = []  # (saved, cost) of the calls drafted with a learned adapter
+
+    def observe(self, call: int, measure: CallMeasure) -> Verdict:
+        learned = measure.learned[0] / max(measure.learned[1], 1)
+        shipped = measure.shipped[0] / max(measure.shipped[1], 1)
+        ratio = expected_tau(learned, measure.drafted) / expected_tau(shipped, measure.drafted)
+        saved = max(measure.seconds - measure.waited, 0.0) * (ratio - 1)
+        self._window = (self._window + [(saved, measure.waited)])[-self.calls :]
+        if self.learning and len(self._window) == self.calls:
+            gain = sum(s for s, _ in self._window)
+            if gain <= sum(c for _, c in self._window):
+                self.learning, self.use_learned = False, gain > 0
+        return Verdict(
+            call, measure.learned[1], learned, shipped, saved, measure.waited, self.learning, self.use_learned
+        )
