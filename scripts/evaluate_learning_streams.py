@@ -109,8 +109,7 @@ def summary(calls: list, last: int) -> dict:
     return {
         "mean_seconds": round(sum(c["seconds"] for c in calls) / len(calls), 3),
         "tokens_per_s": round(sum(c["new_tokens"] for c in calls) / sum(c["seconds"] for c in calls), 2),
-        "tau": round((sum(c["accepted"] for c in calls) + sum(c["rounds"] for c in calls))
-                     / sum(c["rounds"] for c in calls), 3),  # fmt: skip
+        "tau": round(sum(c["accepted"] + c["rounds"] for c in calls) / sum(c["rounds"] for c in calls), 3),
         "end_tau": round((sum(c["accepted"] for c in tail) + rounds) / rounds, 3),
         "end_seconds": round(sum(c["seconds"] for c in tail) / len(tail), 3),
     }
@@ -179,14 +178,19 @@ def main():
     }  # fmt: skip
     (out_dir / "streams.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     lines = [
-        f"| stream | mode | calls | mean s/call | vs off | tok/s | tau | tau, last {args.end_calls} calls | vs off | "
-        "updates (in calls / between) | waited for learning (ms, max) | governor |",
+        (
+            f"| stream | mode | calls | mean s/call | vs off | tok/s | tau | tau, last {args.end_calls} calls | "
+            "vs off | updates (in calls / between) | waited for learning (ms, max) | governor |"
+        ),
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|",
     ]
+
+    def vs(a: float, b: float) -> str:
+        return f"{a / b - 1:+.1%}"
+
     for name, row in results.items():
         off = row.get("off")
         for mode, r in row.items():
-            vs = (lambda a, b: f"{a / b - 1:+.1%}" if off else "")  # noqa: E731
             verdict = "on" if not r["governor"] else (
                 "on" if r["governor"][-1]["learning"] else
                 f"off after call {next(v['call'] for v in r['governor'] if not v['learning'])}"

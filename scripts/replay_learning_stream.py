@@ -22,6 +22,7 @@ import json
 from pathlib import Path
 
 import torch
+from evaluate_learning_streams import stream_prompts  # the same folder: Python puts it on the path
 
 import evospec_hf
 from evospec_hf import EvoSpecConfig, EvoSpecDrafter, EvoSpecSession, OnlineAlignmentConfig
@@ -29,8 +30,6 @@ from evospec_hf.evolve.online import AlignerState, AlignmentStats, OnlineAligner
 from evospec_hf.models.drafter import feature_layers_of
 from evospec_hf.ops import logit_softcap
 from evospec_hf.utils import unwrap_peft
-
-from evaluate_learning_streams import stream_prompts  # noqa: E402  (same folder)
 
 
 def record_stream(target, drafter, prompts, config, max_new_tokens) -> list[dict]:

@@ -136,7 +136,7 @@ _LOCKS: "weakref.WeakKeyDictionary[torch.nn.Module, DrafterLock]" = weakref.Weak
 _LOCKS_GUARD = threading.Lock()
 
 
-_LEARNING: "weakref.WeakKeyDictionary[threading.Thread, threading.Event]" = weakref.WeakKeyDictionary()
+_LEARNING: weakref.WeakKeyDictionary[threading.Thread, threading.Event] = weakref.WeakKeyDictionary()
 
 
 @atexit.register
@@ -252,7 +252,9 @@ class EvoSpecSession:
         returns False if `timeout` seconds passed first. For scripts and tests; users need not call it."""
         worker = self._worker
         if worker is not None and drafter_lock(self.drafter).held_by_me():
-            raise RuntimeError("wait_learning() cannot run while this thread holds the drafter (it would wait for itself).")
+            raise RuntimeError(
+                "wait_learning() cannot run while this thread holds the drafter: it would wait for itself."
+            )
         if worker is not None:
             worker.join(timeout)
             if worker.is_alive():
@@ -379,7 +381,7 @@ class EvoSpecSession:
                         self._update_between_calls(aligner, lambda: stop.is_set() or lock.contended())
                 if not taken:
                     stop.wait(0.02)
-        except BaseException as err:  # re-raised on the next call's thread by `pause_learning`
+        except BaseException as err:  # noqa: BLE001 - re-raised on the next call's thread by `pause_learning`
             self._error = err
         with self._guard:  # stopped (or failed): the next call's `detach` starts a new thread
             if self._worker is threading.current_thread():

@@ -227,7 +227,8 @@ def session_summary(session: EvoSpecSession | None) -> str:
     if session.learning:
         learning = "learning is on"
     else:
-        kept = "your learned adapter" if session.governor is None or session.governor.use_learned else "the shipped one"
+        learned = session.governor is None or session.governor.use_learned
+        kept = "your learned adapter" if learned else "the shipped one"
         learning = f"learning is off (it did not pay on your texts); drafting with {kept}"
     waited = max(stats.blocked_ms, default=0.0)
     return (

@@ -13,7 +13,8 @@ def test_expected_tau():
 
 
 def call(learned: float, shipped: float, waited: float = 0.0, seconds: float = 4.0) -> CallMeasure:
-    return CallMeasure(seconds, waited, drafted=4.0, learned=(round(learned * 100), 100), shipped=(round(shipped * 100), 100))
+    hits = (round(learned * 100), 100), (round(shipped * 100), 100)
+    return CallMeasure(seconds, waited, drafted=4.0, learned=hits[0], shipped=hits[1])
 
 
 def run(governor, measures):
