@@ -4,6 +4,7 @@ Tiny models make the runs fast; one test runs real Gemma-3-270M (slow). Without 
 skip, unless `EVOSPEC_REQUIRE_BROWSER=1` (CI) makes that a failure.
 """
 
+import faulthandler
 import importlib.util
 import os
 import shutil
@@ -138,9 +139,16 @@ def run_prompt(page, text, learning=False, max_new_tokens=None, timeout=120_000)
     verdict = page.locator("#verdict").get_by_text("Identical")
     had_verdict = verdict.count() > 0
     page.get_by_role("button", name="Run", exact=True).click()
-    if had_verdict:  # the last run's verdict goes when this run starts
-        verdict.wait_for(state="detached", timeout=timeout)
-    verdict.wait_for(timeout=timeout)
+    try:
+        if had_verdict:  # the last run's verdict goes when this run starts
+            verdict.wait_for(state="detached", timeout=timeout)
+        verdict.wait_for(timeout=timeout)
+    except Exception:
+        # a run that never starts or ends: say what the page shows and where every thread of the app is
+        for element in ("#verdict", "#session", "#stats"):
+            print(element, repr(page.locator(element).inner_text(timeout=5_000)), file=sys.stderr)
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        raise
 
 
 def wait_for_plot(page):
