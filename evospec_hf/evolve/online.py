@@ -212,9 +212,9 @@ class OnlineAlignmentConfig(JsonConfigMixin):
         metadata={
             "help": (
                 "Turn learning off when it does not pay: after each call, the adapter the call drafted with and the "
-                "starting adapter are compared on that call's verified positions (text the adapter had not learned "
-                "from); the tau gain is converted into seconds saved and weighed against the seconds learning made "
-                "calls wait. See `LearningGovernor`."
+                "starting adapter are compared on every generated position of that call's output (text the adapter "
+                "had not learned from); the tau gain is converted into seconds saved and weighed against the seconds "
+                "learning made calls wait. See `LearningGovernor`."
             )
         },
     )

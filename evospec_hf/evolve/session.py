@@ -243,9 +243,7 @@ class EvoSpecSession:
             if not drafter_lock(self.drafter).held_by_me():  # (else it would wait for this thread's own lock)
                 worker.join()
             self._blocked += time.perf_counter() - started
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise RuntimeError("evospec_hf's learning between calls failed") from error
+        self._raise_learning_error()
 
     def wait_learning(self, timeout: float | None = None) -> bool:
         """Waits until the learning owed by past calls is done (it still yields to calls on other threads);
@@ -259,10 +257,14 @@ class EvoSpecSession:
             worker.join(timeout)
             if worker.is_alive():
                 return False
+        self._raise_learning_error()
+        return True
+
+    def _raise_learning_error(self) -> None:
+        """Re-raises, on the caller's thread, what made the background learning thread fail."""
         if self._error is not None:
             error, self._error = self._error, None
             raise RuntimeError("evospec_hf's learning between calls failed") from error
-        return True
 
     def attach(self, assistant_model, head_weight, head_bias, softcap, prompt_length: int = 0) -> OnlineAligner | None:
         """Puts the session's adapter into the drafter; returns the aligner that records (and, with `learn="in-loop"`,

@@ -98,12 +98,8 @@ def test_greedy_on_cuda_with_the_triton_head(pair, mode, lookup_tokens):
     assert stats.accepted > 0, stats
 
 
-@pytest.mark.parametrize("mode", ["full", "router+context"])
-def test_greedy_is_unchanged_while_the_feature_drafter_learns(pair, mode):
-    target, drafter, router, static_table_path = pair
-    session = EvoSpecSession(drafter, OnlineAlignmentConfig(**LEARN))
-    before = {name: t.clone() for name, t in session._weights.items()}
-    config = config_for(mode, static_table_path, router, lookup_tokens=0)
+def generate_as_greedy(target, session, config, between_calls=lambda: None):
+    """Three calls on the session, each checked against plain greedy; `between_calls` runs after each."""
     for seed in range(3):
         expected = target.generate(prompt(seed), max_new_tokens=24, do_sample=False)
         got = target.generate(
@@ -111,6 +107,16 @@ def test_greedy_is_unchanged_while_the_feature_drafter_learns(pair, mode):
             evospec_session=session,
         )  # fmt: skip
         assert torch.equal(got, expected)
+        between_calls()
+
+
+@pytest.mark.parametrize("mode", ["full", "router+context"])
+def test_greedy_is_unchanged_while_the_feature_drafter_learns(pair, mode):
+    target, drafter, router, static_table_path = pair
+    session = EvoSpecSession(drafter, OnlineAlignmentConfig(**LEARN))
+    before = {name: t.clone() for name, t in session._weights.items()}
+    config = config_for(mode, static_table_path, router, lookup_tokens=0)
+    generate_as_greedy(target, session, config)
     assert session.stats.updates > 5
     assert any(not torch.equal(before[name], t) for name, t in session._weights.items())  # it did learn
     replay = session._state.replay
@@ -123,14 +129,7 @@ def test_the_feature_drafter_learns_between_calls_and_the_governor_measures_it(p
     target, drafter, router, static_table_path = pair
     session = EvoSpecSession(drafter, OnlineAlignmentConfig(**{**LEARN, "learn": "between-calls", "governor": True}))
     config = config_for("full", static_table_path, router, lookup_tokens=0)
-    for seed in range(3):
-        expected = target.generate(prompt(seed), max_new_tokens=24, do_sample=False)
-        got = target.generate(
-            prompt(seed), max_new_tokens=24, do_sample=False, assistant_model=session.drafter, evospec_config=config,
-            evospec_session=session,
-        )  # fmt: skip
-        assert torch.equal(got, expected)
-        session.wait_learning()
+    generate_as_greedy(target, session, config, between_calls=session.wait_learning)
     assert session.stats.idle_updates > 0 and session.stats.in_call_updates == 0
     verdicts = session.stats.governor
     # the last round of a call is not recorded (its hidden states come with a next round that never happens)
