@@ -5,16 +5,17 @@ compared on that call's own output, teacher-forced: how often each one's greedy 
 produced. Neither had learned from that text (between calls, the updates on it come later; in the loop, the
 adapter is the one from the call's start), so the comparison says what learning bought on new text.
 
-From the two agreements `a`, the expected tokens per round of a drafter offering `k` tokens a round (the call's
-mean) is `(1 - a^(k+1)) / (1 - a)` (each draft accepted independently with probability `a`). The call would have
-needed `tau_learned / tau_shipped` times as many rounds with the shipped adapter, so learning saved
-`drafting seconds x (tau_learned / tau_shipped - 1)` (negative when the learned adapter is worse). Its cost is the
-time the call spent on learning: updates inside the loop, and waiting for background learning to yield.
+From the two agreements `a`, the expected tokens per round of a drafter offering `k` tokens a round (the mean of
+the call's drafter rounds) is `(1 - a^(k+1)) / (1 - a)` (each draft accepted independently with probability `a`).
+The call's drafter rounds would have been `tau_learned / tau_shipped` times as many with the shipped adapter, so
+learning saved `drafting seconds x drafter share x (tau_learned / tau_shipped - 1)` (negative when the learned
+adapter is worse). The drafter share is the fraction of the call's rounds that the drafter drafted: rounds copied
+from the context (prompt lookup) are the same whichever adapter is in. Its cost is the time the call spent on
+learning: updates inside the loop, and waiting for background learning to yield.
 
 Once `calls` calls were drafted with a learned adapter, learning stays on only while the saved seconds over the last
 `calls` such calls exceed the cost. When it stops, the session keeps drafting with the learned adapter if its gain
-over those calls was positive, and goes back to the shipped adapter otherwise. The estimate ignores prompt-lookup
-copies (they do not depend on the adapter), so it overstates relative gains where lookup drafts much.
+over those calls was positive, and goes back to the shipped adapter otherwise.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class CallMeasure:
     drafted: float  # tokens offered to the target per round (mean)
     learned: tuple  # (hits, positions) of the adapter the call drafted with, on the call's output
     shipped: tuple  # (hits, positions) of the starting adapter, on the same positions
+    drafter_share: float = 1.0  # the fraction of the call's rounds the drafter drafted (the rest were copies)
 
 
 @dataclass
@@ -48,6 +50,7 @@ class Verdict:
     agreement_shipped: float
     saved_s: float
     cost_s: float
+    drafter_share: float  # the fraction of the call's rounds the drafter drafted (the rest were copies)
     learning: bool  # learning stays on after this call
     use_learned: bool  # the next calls draft with the learned adapter (else the shipped one)
 
@@ -67,12 +70,13 @@ class LearningGovernor:
         learned = measure.learned[0] / max(measure.learned[1], 1)
         shipped = measure.shipped[0] / max(measure.shipped[1], 1)
         ratio = expected_tau(learned, measure.drafted) / expected_tau(shipped, measure.drafted)
-        saved = max(measure.seconds - measure.waited, 0.0) * (ratio - 1)
+        saved = max(measure.seconds - measure.waited, 0.0) * measure.drafter_share * (ratio - 1)
         self._window = (self._window + [(saved, measure.waited)])[-self.calls :]
         if self.learning and len(self._window) == self.calls:
             gain = sum(s for s, _ in self._window)
             if gain <= sum(c for _, c in self._window):
                 self.learning, self.use_learned = False, gain > 0
         return Verdict(
-            call, measure.learned[1], learned, shipped, saved, measure.waited, self.learning, self.use_learned
-        )
+            call, measure.learned[1], learned, shipped, saved, measure.waited, measure.drafter_share, self.learning,
+            self.use_learned,
+        )  # fmt: skip

@@ -274,6 +274,7 @@ class AlignmentStats:
     accepted_per_round: list = field(default_factory=list)  # tokens accepted each round, for acceptance curves
     max_rank: list = field(default_factory=list)  # the curriculum's bound at each update
     drafted_per_round: list = field(default_factory=list)  # tokens offered to the target each round
+    copied_per_round: list = field(default_factory=list)  # whether each round's drafts were copied (lookup)
     idle_updates: int = 0  # updates run between calls, while no call wanted the drafter
     idle_update_ms: list = field(default_factory=list)
     yielded: int = 0  # updates abandoned half-way because a call wanted the drafter
@@ -328,7 +329,7 @@ class OnlineAligner:
     # -- feedback ----------------------------------------------------------------------------------------------
     def record(
         self, sequence: torch.LongTensor, scores: torch.Tensor, num_matches: int, ranks: torch.Tensor,
-        features: torch.Tensor | None = None,
+        features: torch.Tensor | None = None, copied: bool = False,
     ) -> None:  # fmt: skip
         """Stores one verified round.
 
@@ -340,11 +341,14 @@ class OnlineAligner:
             ranks: `(num_matches + 1,)` the drafter's rank of the target's token at each verified position.
             features: a feature drafter's `(1, n, F)` target hidden states of the sequence's first `n >= seq_len - 2`
                 positions (the ones its pairs read).
+            copied: the drafts were copied from the context (prompt lookup), not drafted: the adapter did not
+                choose them (the governor counts such rounds apart).
         """
         self.last_sequence, self.last_features = sequence, features  # the call's output so far (the governor's)
         self.stats.rounds += 1
         self.stats.accepted_per_round.append(int(num_matches))
         self.stats.drafted_per_round.append(int(scores.shape[1]) - 1)
+        self.stats.copied_per_round.append(bool(copied))
         verified = num_matches + 1
         teacher = scores[0, :verified].float()
         if bool(torch.isnan(teacher).any() or torch.isposinf(teacher).any()):

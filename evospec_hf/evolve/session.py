@@ -340,12 +340,13 @@ class EvoSpecSession:
         if self.governor is not None and call["updates"] > 0 and getattr(aligner, "last_sequence", None) is not None:
             # drafted with a learned adapter: measure what it bought (the call's own updates are not counted in)
             in_loop = sum(stats.update_ms[call["update_ms"] :]) / 1e3
-            drafted = stats.drafted_per_round[call["rounds"] :]
+            rounds = list(zip(stats.drafted_per_round[call["rounds"] :], stats.copied_per_round[call["rounds"] :]))
+            drafted = [d for d, copied in rounds if not copied]  # the adapter's own rounds (copies do not change)
             self._to_measure = self._to_measure[-1:] + [{
                 "call": self.calls, "weights": call["weights"], "sequence": aligner.last_sequence,
                 "features": aligner.last_features, "first": call["prompt_length"],
                 "seconds": time.perf_counter() - call["start"], "waited": call["blocked"] + in_loop,
-                "drafted": sum(drafted) / max(len(drafted), 1),
+                "drafted": sum(drafted) / max(len(drafted), 1), "drafter_share": len(drafted) / max(len(rounds), 1),
             }]  # fmt: skip
         if config.learn == "between-calls" and len(self._state.replay) >= max(1, config.min_replay):
             earned = self._state.rounds_since_update // config.update_every
@@ -408,7 +409,7 @@ class EvoSpecSession:
         for weights in (call["weights"], self._initial):
             with self._swapped_in(weights):
                 agreements.append(aligner.agreement(call["sequence"], call["first"], call["features"]))
-        measure = CallMeasure(call["seconds"], call["waited"], call["drafted"], *agreements)
+        measure = CallMeasure(call["seconds"], call["waited"], call["drafted"], *agreements, call["drafter_share"])
         verdict = self.governor.observe(call["call"], measure)
         self.stats.governor.append(verdict.as_dict())
         if not verdict.learning:

@@ -275,7 +275,8 @@ class _LearnerFeedback:
     def _record(self, result: RoundResult, features=None) -> None:
         ranks = result.draft.ranks(result.targets)
         extra = {} if features is None else {"features": features}  # a feature drafter's window of target states
-        self.aligner.record(result.input_ids[0], result.scores, result.accepted, ranks, **extra)
+        copied = result.draft.source == "lookup"
+        self.aligner.record(result.input_ids[0], result.scores, result.accepted, ranks, **extra, copied=copied)
 
 
 def _check_pair(input_ids: torch.LongTensor, drafter, target_vocab_size: int) -> None:

@@ -124,6 +124,30 @@ def test_the_governor_measures_each_call_on_its_own_output():
     assert [v["positions"] for v in verdicts] == generated[1:] and generated[1] == NEW_TOKENS
 
 
+
+def test_the_governor_credits_the_adapter_only_with_the_rounds_the_drafter_drafted():
+    """Rounds copied from the context (prompt lookup) are the same whichever adapter drafts: each verdict's drafter
+    share is the fraction of its call's rounds that the drafter drafted, and only those count as saved seconds."""
+    target = tiny_llama(seed=0)
+    session = EvoSpecSession(
+        noisy_copy(target, seed=3, scale=0.3), OnlineAlignmentConfig(**{**BETWEEN, "governor": True})
+    )
+    config = EvoSpecConfig(**{**STEADY.to_dict(), "lookup_tokens": 4})
+    shares = []
+    for seed in range(4):
+        stats = DraftStats()
+        target.generate(
+            prompt(seed), max_new_tokens=NEW_TOKENS, do_sample=False, assistant_model=session.drafter,
+            evospec_config=config, evospec_session=session, evospec_stats=stats,
+        )  # fmt: skip
+        session.wait_learning()
+        shares.append((stats.rounds - stats.lookup_rounds) / stats.rounds)
+    verdicts = session.stats.governor
+    assert [v["call"] for v in verdicts] == [2, 3, 4]
+    assert min(shares[1:]) < 1  # the premise: some measured call copied drafts
+    assert [v["drafter_share"] for v in verdicts] == pytest.approx(shares[1:], abs=1e-4)
+
+
 def test_the_governor_turns_learning_off_and_the_session_drafts_with_the_shipped_adapter_again():
     """At lr 1e-2 this tiny drafter gets worse on each next text (0.53 -> 0.27 agreement): the governor sees it on
     the calls' own outputs, stops learning, and the next call drafts with the starting adapter."""

@@ -45,3 +45,11 @@ def test_the_saving_is_the_calls_drafting_time_times_the_tau_ratio():
     verdict = LearningGovernor(calls=1).observe(1, call(0.7, 0.6, waited=1.0, seconds=5.0))
     ratio = expected_tau(0.7, 4) / expected_tau(0.6, 4)
     assert verdict.saved_s == pytest.approx(4.0 * (ratio - 1))
+
+
+def test_copied_rounds_are_no_saving():
+    """A call half of whose rounds were copies (prompt lookup) saves half as much from the same agreements."""
+    whole = LearningGovernor(calls=1).observe(1, call(0.7, 0.6))
+    half = LearningGovernor(calls=1).observe(1, CallMeasure(4.0, 0.0, 4.0, (70, 100), (60, 100), drafter_share=0.5))
+    assert whole.saved_s > 0 and half.saved_s == pytest.approx(whole.saved_s / 2)
+    assert half.drafter_share == 0.5
