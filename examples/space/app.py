@@ -389,10 +389,14 @@ def build_demo(models: Models, concurrency: int = 1) -> gr.Blocks:
                 session.reset()
             return {}, session_summary(None)
 
-        run_button.click(
+        # Run is disabled from the click until the run has ended (done, stopped or failed): a click while it runs
+        # would be dropped without a word
+        ran = run_button.click(lambda: gr.Button(interactive=False), None, run_button, queue=False).then(
             run, [prompt, model, mode, size, lookup, learning, sampling, max_new, sessions], outputs,
             concurrency_limit=concurrency, concurrency_id="generate",
         )  # fmt: skip
+        for ended in (ran.then, ran.failure):  # (a run that raised gr.Error ends in `failure`, not in `then`)
+            ended(lambda: gr.Button(interactive=True), None, run_button, queue=False)
 
         def stop(request: gr.Request):
             """Stop: the run's stopping criterion ends its generate call at the next token, and the run says so."""

@@ -132,27 +132,36 @@ def open_page(context, url):
     return page, errors
 
 
-def run_prompt(page, text, learning=False, max_new_tokens=None, timeout=120_000):
+def run_prompt(page, text, learning=False, timeout=120_000):
+    """Runs `text` and waits for this run's verdict; checks that Run was disabled while it ran."""
     page.get_by_label("prompt").fill(text)
     if learning:
         page.get_by_label("learn from my text (this tab only)").check()
-    verdict = page.locator("#verdict").get_by_text("Identical")
-    had_verdict = verdict.count() > 0
-    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+    from playwright.sync_api import expect
 
     run = page.get_by_role("button", name="Run", exact=True)
-    run.click()
+    # the verdict is the same text run after run: the last run's elements are marked, this run's are new. A run on
+    # a tiny model can end before a test could see its Run button disabled, so the page itself records it.
+    page.evaluate(
+        """() => {
+            document.querySelectorAll('#verdict *').forEach((e) => e.setAttribute('data-before', ''));
+            window.runWasDisabled = false;
+            const check = () => {
+                const button = [...document.querySelectorAll('button')].find((b) => b.textContent.trim() === 'Run');
+                if (button && button.disabled) window.runWasDisabled = true;
+            };
+            window.runObserver?.disconnect();
+            window.runObserver = new MutationObserver(check);
+            window.runObserver.observe(document.body, {subtree: true, childList: true, attributes: true});
+        }"""
+    )
+    verdict = page.locator("#verdict strong:not([data-before])", has_text="Identical")
     try:
-        if had_verdict:  # the last run's verdict goes when this run starts
-            try:
-                verdict.wait_for(state="detached", timeout=15_000)
-            except PlaywrightTimeoutError:
-                # Gradio ignores a click while the last run's event is still pending (its final update shown, its
-                # completion not yet): nothing started, every app thread idle (seen in CI while the sessions learned
-                # in the background after the last run). A person clicks again; a click during a run is ignored.
-                run.click()
-                verdict.wait_for(state="detached", timeout=timeout)
+        expect(run).to_be_enabled(timeout=timeout)  # disabled until the last run has ended
+        run.click()
         verdict.wait_for(timeout=timeout)
+        expect(run).to_be_enabled(timeout=15_000)
+        assert page.evaluate("() => window.runWasDisabled"), "Run stayed clickable during the run"
     except Exception:
         # a run that never starts or ends: say what the page shows and where every thread of the app is
         for element in ("#verdict", "#session", "#stats"):
