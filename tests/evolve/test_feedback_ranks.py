@@ -33,9 +33,9 @@ def spy_on_record(monkeypatch) -> list:
     """Every round the learner is told about, as (sequence, drafts, accepted drafts, ranks)."""
     rounds, record = [], OnlineAligner.record
 
-    def spying_record(self, sequence, scores, num_matches, ranks):
+    def spying_record(self, sequence, scores, num_matches, ranks, **kwargs):
         rounds.append((sequence.clone(), scores.shape[1] - 1, int(num_matches), ranks.clone()))
-        record(self, sequence, scores, num_matches, ranks)
+        record(self, sequence, scores, num_matches, ranks, **kwargs)
 
     monkeypatch.setattr(OnlineAligner, "record", spying_record)
     return rounds
