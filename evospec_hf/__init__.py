@@ -19,6 +19,7 @@ from .generation import (
     custom_generate,
     evospec_drafting,
     install,
+    screened_greedy,
     uninstall,
 )
 from .models import EvoSpecDrafter, load_target
@@ -44,5 +45,6 @@ __all__ = [
     "install",
     "load_target",
     "OnlineAlignmentConfig",
+    "screened_greedy",
     "uninstall",
 ]

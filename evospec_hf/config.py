@@ -24,6 +24,7 @@ SHORTLIST_SOURCES = ("static", "context", "router")
 SHORTLIST_MODES = ("full",) + SHORTLIST_SOURCES + ("evospec",)
 HEAD_BACKENDS = ("auto", "torch", "triton")
 DRAFT_SCHEDULES = ("constant", "heuristic", "cost")
+SCREEN_HEAD_MODES = ("auto", "on", "off")
 LOSSY_ACCEPTANCE = ("adasd-js",)  # opt-in acceptance rules that change the output
 
 
@@ -325,6 +326,21 @@ class EvoSpecConfig(JsonConfigMixin):
         },
     )
 
+    screen_head: str = field(
+        default="auto",
+        metadata={
+            "help": (
+                "Greedy verification through an int8 screen of the target's LM head (evospec_hf/ops/screened_head.py): "
+                "every row's logit approximated in int8 with a proven error bound, the rows that could be the argmax "
+                "computed exactly, -inf elsewhere; the argmax at every position is the full head's. Used only where "
+                "that is all the call reads: greedy, fp32, no logits processor, no `output_scores`/`output_logits`, "
+                "no lossy acceptance, no learning session; the full head otherwise. 'auto': per row count, where it "
+                "was measured faster on this machine (kept in the calibration cache). 'on': wherever it is exact. "
+                "'off': never. Needs `fast_verify_head`."
+            )
+        },
+    )
+
     def __post_init__(self):
         self.validate()
 
@@ -357,6 +373,7 @@ class EvoSpecConfig(JsonConfigMixin):
             check_path(name, getattr(self, name))
         check_choice("draft_schedule", self.draft_schedule, DRAFT_SCHEDULES)
         check_choice("head_backend", self.head_backend, HEAD_BACKENDS)
+        check_choice("screen_head", self.screen_head, SCREEN_HEAD_MODES)
         check_number("confidence_threshold", self.confidence_threshold, above=0, below=1, optional=True)
         check_bool("fast_verify_head", self.fast_verify_head)
         check_bool("entropy_stop", self.entropy_stop)

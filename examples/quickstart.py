@@ -64,25 +64,34 @@ def main():
     model.generate(**inputs, max_new_tokens=8, do_sample=False)
     model.generate(**inputs, max_new_tokens=8, do_sample=False, assistant_model=drafter, evospec_config=config)
 
-    plain_seconds, fast_seconds, stats = [], [], DraftStats()
+    model.generate(**inputs, max_new_tokens=8, do_sample=False, custom_generate=evospec_hf.screened_greedy)
+
+    plain_seconds, fast_seconds, screened_seconds, stats = [], [], [], DraftStats()
     for _ in range(args.repeats):
         plain, seconds = timed_generate(model, inputs, max_new_tokens=args.max_new_tokens)
         plain_seconds.append(seconds)
+        # the screened head alone: plain greedy, no drafter, the target's head screened in int8 (same tokens)
+        screened, seconds = timed_generate(
+            model, inputs, max_new_tokens=args.max_new_tokens, custom_generate=evospec_hf.screened_greedy
+        )
+        screened_seconds.append(seconds)
         stats = DraftStats()
         fast, seconds = timed_generate(
             model, inputs, max_new_tokens=args.max_new_tokens, assistant_model=drafter, evospec_config=config,
             evospec_stats=stats,
         )  # fmt: skip
         fast_seconds.append(seconds)
-        if not torch.equal(plain, fast):
+        if not torch.equal(plain, fast) or not torch.equal(plain, screened):
             raise SystemExit("evospec_hf output differs from plain greedy: please report this as a bug")
     plain_s, fast_s = statistics.median(plain_seconds), statistics.median(fast_seconds)
+    screened_s = statistics.median(screened_seconds)
     new_tokens = plain.shape[1] - prompt_len
 
     print(tokenizer.decode(fast[0, prompt_len:], skip_special_tokens=True))
     print("-" * 72)
     print(f"{'':<16}{'tokens/s':>10}{'tau':>8}   (median of {args.repeats} runs, {new_tokens} new tokens)")
     print(f"{'plain greedy':<16}{new_tokens / plain_s:>10.1f}{1.0:>8.2f}")
+    print(f"{'+ int8 screen':<16}{new_tokens / screened_s:>10.1f}{1.0:>8.2f}   (plain greedy, the target's head screened)")
     print(f"{'evospec_hf':<16}{new_tokens / fast_s:>10.1f}{stats.mean_accepted_length:>8.2f}   ({config.shortlist}, "
           f"{config.shortlist_size // 1024}k shortlist)")  # fmt: skip
     each = ", ".join(f"{p / f:.2f}x" for p, f in zip(plain_seconds, fast_seconds))
@@ -92,6 +101,14 @@ def main():
         f"where evospec_hf's time went (last run, {stats.rounds} rounds): verifying {stats.verify_seconds:.2f} s, "
         f"drafting {stats.draft_seconds:.2f} s (of which the shortlist head {stats.head_seconds:.2f} s)"
     )
+    survivors = sorted(stats.screen_survivors)
+    screened_share = stats.screen_calls / max(1, stats.screen_calls + stats.screen_full_calls)
+    print(
+        f"  the target's head: the int8 screen alone gives {plain_s / screened_s:.2f}x on plain greedy; in "
+        f"evospec_hf it computed {screened_share:.0%} of the verifications"
+        + (f" (rows rescored per position: median {survivors[len(survivors) // 2]}, max {survivors[-1]}; "
+           f"{stats.screen_fallbacks} fallbacks)" if survivors else "")
+    )  # fmt: skip
     print(
         f"  lookup: {stats.lookup_rounds} rounds copied from the context, {stats.lookup_accepted}/"
         f"{stats.lookup_drafted} tokens accepted; drafter: {drafter_rounds} rounds, {stats.drafter_accepted}/"

@@ -9,7 +9,8 @@ import sys
 
 import torch
 
-from ..config import DRAFT_SCHEDULES, EvoSpecConfig
+from ..config import DRAFT_SCHEDULES, SCREEN_HEAD_MODES, EvoSpecConfig
+from ..ops.verify_head import screen_copy_bytes
 from .methods import DEFAULT_FEATURE_METHODS, DEFAULT_HISPEC_METHODS, DEFAULT_METHODS, FEATURE_PREFIX, build_methods
 from .prompts import BUILTIN_SETS, builtin_prompts, load_prompts
 from .report import markdown, write_report
@@ -54,6 +55,8 @@ def main(argv=None) -> int:
                         help="EvoSpecConfig.lookup_tokens of the +lookup methods (the other methods run without lookup)")
     parser.add_argument("--draft-schedule", default=EvoSpecConfig.draft_schedule, choices=DRAFT_SCHEDULES,
                         help="EvoSpecConfig.draft_schedule of evospec_hf's methods")  # fmt: skip
+    parser.add_argument("--screen-head", default=EvoSpecConfig.screen_head, choices=SCREEN_HEAD_MODES,
+                        help="EvoSpecConfig.screen_head of evospec_hf's methods and target+screen (off: the full head)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default="bench_results")
     args = parser.parse_args(argv)
@@ -90,7 +93,8 @@ def main(argv=None) -> int:
     methods = build_methods(names, drafter, adapting, num_draft_tokens=args.num_draft_tokens,
                             fast_verify_head=not args.slow_verify_head, lookup_tokens=args.lookup_tokens,
                             draft_schedule=args.draft_schedule, feature_drafter=feature,
-                            feature_adapting_drafter=feature_adapting, exit_head=args.exit_head)  # fmt: skip
+                            feature_adapting_drafter=feature_adapting, exit_head=args.exit_head,
+                            screen_head=args.screen_head)  # fmt: skip
 
     if args.prompts:
         prompts = load_prompts(args.prompts, tokenizer, chat_template=args.chat_template)
@@ -106,13 +110,15 @@ def main(argv=None) -> int:
         "prompts": len(prompts), "prompt_source": args.prompts or f"built-in: {args.sets}",
         "max_new_tokens": args.max_new_tokens, "repeats": args.repeats, "machine": _machine(args.device),
         "fast_verify_head": not args.slow_verify_head, "lookup_tokens": args.lookup_tokens,
-        "draft_schedule": args.draft_schedule,
+        "draft_schedule": args.draft_schedule, "screen_head": args.screen_head,
     }  # fmt: skip
     try:
         results = run_benchmark(target, prompts, methods, args.max_new_tokens, args.repeats, warmup=not args.no_warmup)
     except MismatchError as err:
         print("\n" + "!" * 100 + f"\n{err}\n" + "!" * 100, file=sys.stderr)
         return 1
+    copy_bytes = screen_copy_bytes(target)
+    meta["screen_copy_mb"] = None if copy_bytes is None else round(copy_bytes / 2**20, 1)
     paths = write_report(results, args.out, meta)
     print(markdown(results, meta))
     print("wrote " + ", ".join(str(p) for p in paths))

@@ -3,6 +3,9 @@
 Names (`--methods`):
 
 - `target`: plain greedy `generate`, the reference every lossless method must reproduce.
+- `target+screen`: plain greedy with the target's LM head screened in int8 (`evospec_hf.screened_greedy`, no
+  drafter): the screen's share of the speed-up on its own. Every evospec_hf method also verifies through the screen
+  (`EvoSpecConfig.screen_head`, `--screen-head`; `off` shows each method without it).
 - `hf-assisted`: transformers' own assisted generation with the same drafter over the full vocabulary (its
   defaults: 20 draft tokens with its heuristic schedule, confidence threshold 0.4).
 - `prompt-lookup`: transformers' prompt lookup decoding (10 tokens, n-grams up to 2), no drafter.
@@ -25,6 +28,7 @@ suffix adds AdaSD's entropy stop (`EvoSpecConfig.entropy_stop`, lossless), e.g. 
 `+adasd-lossy` adds both halves of AdaSD, the entropy stop and the LOSSY acceptance by Jensen-Shannon distance
 (`lossy_acceptance="adasd-js"`): its output is not checked against greedy output but measured against it.
 `+hispec` adds HiSpec's intermediate verifier (`EvoSpecConfig.intermediate_verifier`, the bench's `--exit-head`).
+`+no-screen` verifies with the target's full head (`screen_head="off"`): the drafter's share without the screen.
 """
 
 from __future__ import annotations
@@ -36,11 +40,12 @@ from dataclasses import dataclass
 
 from ..config import EvoSpecConfig
 from ..evolve import EvoSpecSession, OnlineAlignmentConfig
+from ..generation.integration import screened_greedy
 from ..utils import drafter_folder
 from ..vocab.frequency import VOCABTRIM_NAME
 
 DEFAULT_METHODS = (
-    "target", "hf-assisted", "prompt-lookup", "full-vocab", "fr-spec-8k", "fr-spec-16k", "fr-spec-32k",
+    "target", "target+screen", "hf-assisted", "prompt-lookup", "full-vocab", "fr-spec-8k", "fr-spec-16k", "fr-spec-32k",
     "vocabtrim-16k", "router-16k", "evospec-16k", "evospec-online-16k", "fr-spec-16k+lookup", "evospec-16k+lookup",
     "evospec-16k+adasd", "evospec-16k+adasd-lossy", "evospec-16k+adasd+lookup",
 )  # fmt: skip
@@ -54,10 +59,13 @@ LOOKUP_SUFFIX = "+lookup"
 ADASD_SUFFIX = "+adasd"
 ADASD_LOSSY_SUFFIX = "+adasd-lossy"
 HISPEC_SUFFIX = "+hispec"
+NO_SCREEN_SUFFIX = "+no-screen"
+SCREENED_TARGET = "target+screen"
 SUFFIXES = {  # method suffix -> EvoSpecConfig fields on top of the method's (lookup's length and the exit head are
     # build_methods' own)
     LOOKUP_SUFFIX: {}, ADASD_SUFFIX: {"entropy_stop": True}, HISPEC_SUFFIX: {},
     ADASD_LOSSY_SUFFIX: {"entropy_stop": True, "lossy_acceptance": "adasd-js"},
+    NO_SCREEN_SUFFIX: {"screen_head": "off"},
 }  # fmt: skip
 FEATURE_PREFIX = "feature:"
 _SIZED = re.compile(r"^(fr-spec|vocabtrim|router|evospec-online|evospec)(?:-(\d+)k)?$")
@@ -91,6 +99,7 @@ def build_methods(
     online: OnlineAlignmentConfig | None = None, fast_verify_head: bool = True,
     lookup_tokens: int = EvoSpecConfig.lookup_tokens, draft_schedule: str = EvoSpecConfig.draft_schedule,
     feature_drafter=None, feature_adapting_drafter=None, exit_head: str | None = None,
+    screen_head: str = EvoSpecConfig.screen_head,
 ) -> list[Method]:  # fmt: skip
     """The methods called `names`.
 
@@ -106,17 +115,21 @@ def build_methods(
         draft_schedule: `EvoSpecConfig.draft_schedule` of evospec_hf's methods.
         feature_drafter, feature_adapting_drafter: the same two for the `feature:` methods (a feature drafter).
         exit_head: the exit head folder of the `+hispec` methods (`EvoSpecConfig.intermediate_verifier`).
+        screen_head: `EvoSpecConfig.screen_head` of evospec_hf's methods and of `target+screen`.
     """
     methods, seen, online = [], set(), online or ONLINE_DEFAULTS
     for name in names:
-        options = {"fast_verify_head": fast_verify_head, "draft_schedule": draft_schedule}
+        options = {"fast_verify_head": fast_verify_head, "draft_schedule": draft_schedule, "screen_head": screen_head}
         if name.endswith(HISPEC_SUFFIX) or f"{HISPEC_SUFFIX}+" in name:
             if exit_head is None:
                 raise ValueError(f"method {name!r} needs an exit head (--exit-head, from scripts/train_exit_head.py)")
             options["intermediate_verifier"] = exit_head
         if num_draft_tokens is not None:
             options["num_draft_tokens"] = num_draft_tokens
-        if name.startswith(FEATURE_PREFIX):
+        if name == SCREENED_TARGET:
+            config = EvoSpecConfig(fast_verify_head=fast_verify_head, screen_head=screen_head)
+            method = Method(name, lambda: {"custom_generate": screened_greedy, "evospec_config": config}, drafts=True)
+        elif name.startswith(FEATURE_PREFIX):
             if feature_drafter is None:
                 raise ValueError(f"method {name!r} needs a feature drafter (--feature-drafter)")
             method = _build(name.removeprefix(FEATURE_PREFIX), feature_drafter, feature_adapting_drafter, options,

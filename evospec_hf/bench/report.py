@@ -69,6 +69,25 @@ def markdown(results: dict, meta: dict) -> str:
             _percent(a.get("greedy_match")) if name in lossy else "-",
         ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    screened = [name for name, row in aggregate.items() if row["all"].get("screen_share")]
+    if screened:
+        copy_mb = meta.get("screen_copy_mb")
+        lines += [
+            "",
+            "The target's screened head (`EvoSpecConfig.screen_head`): the share of the target's head calls computed "
+            "through the int8 screen, the share of those that ran the full head after all (fallbacks), and the rows "
+            "rescored exactly per verified position"
+            + (f"; the int8 copy adds {copy_mb:.0f} MB." if copy_mb else "."),
+            "",
+            "| method | screened calls | fallbacks | survivors median | p90 | p99 | max |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name in screened:
+            a = aggregate[name]["all"]
+            survivors = a.get("screen_survivors", {})
+            cells = [_percent(a["screen_share"]), _percent(a.get("screen_fallback_rate"))]
+            cells += [str(survivors.get(k, "-")) for k in ("median", "p90", "p99", "max")]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     drafting = [name for name, row in aggregate.items() if row["all"].get("first_accepted") is not None]
     if drafting:
         lines += [

@@ -186,6 +186,10 @@ def _figures(runs: list) -> dict:
         sources, accepted = first["stats"].sources_per_round, first["stats"].accepted_per_round
         drafter_rounds = [a for s, a in zip(sources, accepted) if s == "drafter"]
         figures.update(drafter_rounds=len(drafter_rounds), first_accepted=sum(a > 0 for a in drafter_rounds))
+        figures.update(  # the target's screened head (EvoSpecConfig.screen_head): rows rescored per position
+            screen_calls=middle.screen_calls, screen_full_calls=middle.screen_full_calls,
+            screen_fallbacks=middle.screen_fallbacks, screen_survivors=list(first["stats"].screen_survivors),
+        )  # fmt: skip
         figures.update(  # AdaSD and HiSpec at work (0 where off)
             entropy_stops=middle.entropy_stops, lossy_accepted=middle.lossy_accepted, drafted=middle.drafted,
             verifier_checked=middle.verifier_checked, verifier_removed=middle.verifier_removed,
@@ -218,6 +222,7 @@ def _total(rows: list, name: str) -> dict:
         for key in ("entropy_stops", "lossy_accepted", "drafted", "verifier_checked", "verifier_removed"):
             total[key] = sum(f[key] for f in mine)
         total["verifier_share"] = round(sum(f["verifier_seconds"] for f in mine) / seconds, 3)
+        total.update(_screen_totals(mine))
         drafter_rounds = sum(f["drafter_rounds"] for f in mine)
         total["first_accepted"] = round(sum(f["first_accepted"] for f in mine) / drafter_rounds, 4) if drafter_rounds else None
         for part in ("draft", "verify", "learn"):
@@ -227,6 +232,22 @@ def _total(rows: list, name: str) -> dict:
         if values:
             total[key] = max(values)
     return total
+
+
+def _screen_totals(figures: list) -> dict:
+    """The screened head over prompts: `screen_share` of the target's head calls it computed, `screen_fallback_rate`
+    (of those, the ones that ran the full head after all), and survivors per position (median, p90, p99, max)."""
+    screened = sum(f["screen_calls"] for f in figures)
+    calls = screened + sum(f["screen_full_calls"] for f in figures)
+    survivors = sorted(s for f in figures for s in f["screen_survivors"])
+    totals = {
+        "screen_share": round(screened / calls, 3) if calls else None,
+        "screen_fallback_rate": round(sum(f["screen_fallbacks"] for f in figures) / screened, 4) if screened else None,
+    }
+    if survivors:
+        pick = lambda q: survivors[min(len(survivors) - 1, int(q * len(survivors)))]  # noqa: E731
+        totals["screen_survivors"] = {"median": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "max": survivors[-1]}
+    return totals
 
 
 def _tokens_per_s(figures: list) -> float:

@@ -5,7 +5,7 @@ where each token came from (`streaming.py`), and the logits processor."""
 
 from .costs import calibrate
 from .candidate_generator import EvoSpecCandidateGenerator
-from .integration import custom_generate, evospec_drafting, install, uninstall
+from .integration import custom_generate, evospec_drafting, install, screened_greedy, uninstall
 from .logits_process import ShortlistLogitsProcessor
 from .stats import DraftStats
 from .streaming import SourceStreamer
@@ -19,5 +19,6 @@ __all__ = [
     "custom_generate",
     "evospec_drafting",
     "install",
+    "screened_greedy",
     "uninstall",
 ]

@@ -18,7 +18,7 @@ import torch
 from transformers import DynamicCache
 
 from ..ops.calibration import machine_costs, save_machine_costs
-from ..ops.verify_head import columns_verify_head
+from ..ops.verify_head import HeadScreen, columns_verify_head, screen_pending
 
 
 @torch.no_grad()
@@ -30,7 +30,8 @@ def calibrate(
     force: bool = False,
     progress: bool = True,
 ) -> dict:
-    """Measures `model`'s verification cost for 1..`max_draft_tokens` drafts and settles its verification head.
+    """Measures `model`'s verification cost for 1..`max_draft_tokens` drafts and settles its verification head: the
+    matmul order per row count, and where the int8 screen (`EvoSpecConfig.screen_head="auto"`) is faster.
 
     Args:
         model: the target.
@@ -48,20 +49,26 @@ def calibrate(
 
     table = machine_costs(model, "verify_seconds")
     lengths = range(1, max_draft_tokens + 1)
-    with columns_verify_head(model) as head:
-        settled = head is None or all(k + 1 in head.choices for k in lengths)
-        if not force and settled and all(k in table for k in lengths):
+    # the screened head (greedy calls) is timed against the full head per row count too, from 1 row (plain greedy)
+    screen = HeadScreen(mode="auto", enabled=True)
+    with columns_verify_head(model, screen) as head:
+        settled = head is None or all(k + 1 in head.choices and not screen_pending(model, k + 1) for k in lengths)
+        if not force and settled and not screen_pending(model, 1) and all(k in table for k in lengths):
             return dict(table)
-        device = next(model.parameters()).device
-        vocab_size = model.get_output_embeddings().weight.shape[0]
-        generator = torch.Generator().manual_seed(0)
-        context = torch.randint(0, vocab_size, (1, context_length), generator=generator).to(device)
+        screen.enabled = False  # the text is generated with a processor (min_new_tokens): the full head
+        text = _own_text(model, context_length + max_draft_tokens + 1)
+        screen.enabled = True
+        context = text[:, :context_length]
         cache = DynamicCache(config=model.config)
         cache.activate_past_recording()  # sliding-window layers keep their past, so the cache can be cropped back
         model(input_ids=context, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        one = text[:, context_length : context_length + 1]
+        while head is not None and screen_pending(model, 1):  # one row: plain greedy through the screen
+            model(input_ids=one, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            cache.crop(-1)
         for k in tqdm(lengths, desc="calibrating verification", unit="length", disable=not progress):
-            block = torch.randint(0, vocab_size, (1, k + 1), generator=generator).to(device)
-            position = torch.arange(context_length, context_length + k + 1, device=device)[None, :]
+            block = text[:, context_length : context_length + k + 1]
+            position = torch.arange(context_length, context_length + k + 1, device=block.device)[None, :]
 
             def verify() -> float:
                 start = time.perf_counter()
@@ -73,9 +80,31 @@ def calibrate(
                 cache.crop(-(k + 1))  # back to the context alone
                 return elapsed
 
-            # the head's timing trials first (they alternate two matmul orders), then the timed verifications
+            # the trials first: the full head's matmul order (two orders alternate), then the screen against that
+            # full head; then the timed verifications
+            screen.enabled = False
             while head is not None and k + 1 not in head.choices:
+                verify()
+            screen.enabled = True
+            while head is not None and screen_pending(model, k + 1):
                 verify()
             table[k] = statistics.median(verify() for _ in range(repeats))
     save_machine_costs()
     return dict(table)
+
+
+def _own_text(model, length: int) -> torch.LongTensor:
+    """`length` tokens of the model's own greedy text after its BOS token, `(1, length)`.
+
+    The screen's cost depends on how peaked the logits are: on random tokens the logits are flat, thousands of rows
+    survive and the screen always loses, while on text (any text the model writes or reads) a handful survive. So the
+    calibration verifies the model's own text, as it would verify its drafts. EOS is held off (`min_new_tokens`).
+    """
+    device = next(model.parameters()).device
+    bos = model.generation_config.bos_token_id
+    bos = model.config.get_text_config().bos_token_id if bos is None else bos
+    start = torch.tensor([[0 if bos is None else int(bos)]], device=device)
+    text = model.generate(
+        start, attention_mask=torch.ones_like(start), max_new_tokens=length, min_new_tokens=length, do_sample=False
+    )
+    return text[:, 1 : length + 1]

@@ -32,7 +32,7 @@ from transformers import GenerationMixin, StoppingCriteriaList
 from ..config import EvoSpecConfig
 from ..evolve.session import EvoSpecSession, drafter_lock
 from ..ops.calibration import machine_costs, save_machine_costs
-from ..ops.verify_head import columns_verify_head
+from ..ops.verify_head import HeadScreen, columns_verify_head
 from .candidate_generator import EvoSpecCandidateGenerator
 from .stats import DraftStats
 
@@ -116,7 +116,7 @@ def evospec_drafting(
         if session is not None:
             session.pause_learning()  # before waiting for the drafter: its background learning yields to this call
         drafting.holds.enter_context(lock.exclusive() if session is not None else lock.shared())
-        drafting.generator = EvoSpecCandidateGenerator(
+        generator = EvoSpecCandidateGenerator(
             input_ids=input_ids,
             assistant_model=assistant_model,
             generation_config=generation_config,
@@ -131,18 +131,43 @@ def evospec_drafting(
             stopping_criteria=criteria,
             target=model,
         )
-        return drafting.generator
+        drafting.generator = generator
+        if screen is not None:  # after the generator: lossy acceptance adds a processor that reads the scores
+            screen.enabled = screen_refusal(generation_config, logits_processor) is None
+        return generator
 
     # A seeded learning session is reproducible only if the teacher's logits are: the tuned head's timing trials
     # would pick each round's matmul order by the clock, and rounding differences grow through learning.
+    # A learning session's teacher reads every logit, so it never has the screen either.
     tune_head = evospec_config.fast_verify_head and not (session is not None and session.online)
+    screen = HeadScreen(mode=evospec_config.screen_head) if tune_head and evospec_config.screen_head != "off" else None
     with _candidate_generator_for(model, make_generator):
-        with columns_verify_head(model) if tune_head else contextlib.nullcontext():
+        with columns_verify_head(model, screen) if tune_head else contextlib.nullcontext():
             try:
                 yield drafting
             finally:
                 finish_call()
+                if stats is not None and screen is not None:
+                    stats.add_screen(screen)
                 save_machine_costs()
+
+
+def screen_refusal(generation_config, logits_processor) -> str | None:
+    """Why this call may not screen the target's LM head, or None if it may.
+
+    The screen (`ops/screened_head.py`) keeps each position's argmax exact and sets every other row it excludes to
+    -inf, so it is for calls that read nothing but the argmax of the raw logits.
+    """
+    if generation_config.do_sample:
+        return "sampling reads every probability"
+    if generation_config.num_beams > 1:
+        return "beam search ranks every logit"
+    if generation_config.output_scores or generation_config.output_logits:
+        return "`output_scores` / `output_logits` return every logit"
+    if logits_processor is not None and len(logits_processor) > 0:
+        names = ", ".join(type(p).__name__ for p in logits_processor)
+        return f"logits processors may change scores ({names})"
+    return None
 
 
 def check_arguments(evospec_config, stats, session) -> None:
@@ -228,16 +253,14 @@ def generate(
                 "evospec_hf.install() again, or use custom_generate=evospec_hf.custom_generate."
             )
         return _original_generate(self, *args, **kwargs)
+    if kwargs.get("custom_generate") is not None:
+        # path 2, `screened_greedy` (or a user's own loop): the callable receives the evospec arguments given
+        given = {"evospec_config": evospec_config, "evospec_stats": evospec_stats, "evospec_session": evospec_session}
+        return _original_generate(self, *args, **{k: v for k, v in given.items() if v is not None}, **kwargs)
     if evospec_config is None:
         if evospec_stats is not None or evospec_session is not None:
             raise ValueError("`evospec_stats` and `evospec_session` need `evospec_config`.")
         return _original_generate(self, *args, **kwargs)
-    if kwargs.get("custom_generate") is not None:
-        # path 2 (or a user's own loop): the callable receives the evospec arguments itself
-        return _original_generate(
-            self, *args, evospec_config=evospec_config, evospec_stats=evospec_stats, evospec_session=evospec_session,
-            **kwargs,
-        )  # fmt: skip
     if kwargs.get("assistant_model") is None:
         raise ValueError("`evospec_config` needs a drafter: pass `assistant_model=<drafter model>`.")
     with evospec_drafting(
@@ -324,3 +347,46 @@ def custom_generate(
             assistant_model=drafter,
             **model_kwargs,
         )
+
+
+def screened_greedy(
+    model,
+    input_ids,
+    logits_processor,
+    stopping_criteria,
+    generation_config,
+    synced_gpus: bool = False,
+    evospec_config: EvoSpecConfig | None = None,
+    evospec_stats: DraftStats | None = None,
+    **model_kwargs,
+):
+    """Plain decoding, no drafter, with the target's LM head screened wherever that is exact (greedy, no logits
+    processor, no `output_scores`/`output_logits`; see `EvoSpecConfig.screen_head`):
+
+        model.generate(**inputs, custom_generate=evospec_hf.screened_greedy, max_new_tokens=128)
+
+    The tokens are plain greedy's. Other calls (sampling, processors) run transformers' own loop unchanged.
+    `evospec_config=EvoSpecConfig(screen_head=...)` chooses the mode; `evospec_stats=DraftStats()` receives the
+    screen's counts (`screen_*`). transformers does not forward `streamer=` to a `custom_generate` callable.
+    """
+    evospec_config = evospec_config if evospec_config is not None else EvoSpecConfig()
+    check_arguments(evospec_config, evospec_stats, None)
+    if generation_config.num_beams > 1:
+        raise ValueError(
+            f"`screened_greedy` decodes one beam (greedy or sampling), got num_beams={generation_config.num_beams}; "
+            "drop `custom_generate` for beam search."
+        )
+    use_screen = evospec_config.fast_verify_head and evospec_config.screen_head != "off"
+    screen = HeadScreen(mode=evospec_config.screen_head) if use_screen else None
+    with columns_verify_head(model, screen) if use_screen else contextlib.nullcontext():
+        if screen is not None:
+            screen.enabled = screen_refusal(generation_config, logits_processor) is None
+        try:
+            return GenerationMixin._sample(
+                model, input_ids, logits_processor=logits_processor, stopping_criteria=stopping_criteria,
+                generation_config=generation_config, synced_gpus=synced_gpus, **model_kwargs,
+            )  # fmt: skip
+        finally:
+            if evospec_stats is not None and screen is not None:
+                evospec_stats.add_screen(screen)
+            save_machine_costs()

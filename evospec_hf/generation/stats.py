@@ -33,6 +33,10 @@ class DraftStats:
         verifier_checked, verifier_removed, verifier_seconds: drafts HiSpec's intermediate verifier judged
             (`EvoSpecConfig.intermediate_verifier`), the drafts it took out of rounds, and its wall time (part of
             `draft_seconds`).
+        screen_calls, screen_positions: the target's head calls computed through the int8 screen
+            (`EvoSpecConfig.screen_head`), and the positions they verified; screen_survivors: rows rescored exactly
+            per screened position, in order; screen_fallbacks: screened calls that ran the full head after all;
+            screen_full_calls: head calls run in full (screen not allowed, or measured slower for that row count).
         On CUDA these are host times: kernels still running are not waited for.
     """
 
@@ -56,6 +60,11 @@ class DraftStats:
     verifier_checked: int = 0
     verifier_removed: int = 0
     verifier_seconds: float = 0.0
+    screen_calls: int = 0
+    screen_positions: int = 0
+    screen_survivors: list = field(default_factory=list)
+    screen_fallbacks: int = 0
+    screen_full_calls: int = 0
 
     @property
     def mean_accepted_length(self) -> float:
@@ -84,6 +93,14 @@ class DraftStats:
     @property
     def head_ms_per_step(self) -> float:
         return 1e3 * self.head_seconds / self.head_steps if self.head_steps else 0.0
+
+    def add_screen(self, screen) -> None:
+        """Adds what a call's `HeadScreen` (`evospec_hf/ops/verify_head.py`) counted."""
+        self.screen_calls += screen.calls
+        self.screen_positions += screen.positions
+        self.screen_survivors.extend(screen.survivors)
+        self.screen_fallbacks += screen.fallbacks
+        self.screen_full_calls += screen.full_calls
 
     # -- as a round observer of the candidate generator ------------------------------------------------------------
     def handed_over(self, draft: Draft) -> None:

@@ -22,6 +22,13 @@ head: README, "Half precision"; `scripts/measure_half_precision.py`.)
 `generate` on another thread, or anything else calling the head runs `nn.Linear` as usual. Several threads may
 hold blocks on one target at once: the shadow and the hooks are refcounted, installed by the first block and
 removed by the last.
+
+**The screen** (`screened_head.py`): a block opened with a `HeadScreen` whose `enabled` the caller sets (only it
+knows whether the call is greedy with nothing that reads other logits) computes the head through the int8 screen
+instead: the argmax at every position is the full head's, the other logits are -inf. With `mode="auto"` each row
+count's first calls time the screen against the tuned full head, twice each, and keep the faster (kept per machine
+in the calibration cache, table `"screened_head"`); `mode="on"` screens without timing. The int8 copy is made on the
+first screened call and kept with the head (made again if the weights change), shared by every thread.
 """
 
 from __future__ import annotations
@@ -30,11 +37,14 @@ import contextlib
 import threading
 import time
 import weakref
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from .calibration import machine_costs, save_machine_costs
+from .screened_head import Int8Head, screened_logits
+from .softcap import logit_softcap
 
 
 def columns_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -93,6 +103,45 @@ class VerifyHead:
         return {rows: name for rows, name in sorted(self.choices.items()) if name in self.NAMES}
 
 
+@dataclass
+class HeadScreen:
+    """One call's say on screening the target's verification head, and what the screen did in that call.
+
+    Attributes:
+        mode: "auto" (screen the row counts where it was measured faster on this machine) or "on" (always).
+        enabled: set by the caller once it knows the call may be screened (greedy, and nothing reads logits other
+            than the argmax); False runs the full head.
+        softcap: the final-logit softcap the model applies after the head, or None.
+        max_survivors: above this many rows to rescore, the full head runs (a fallback).
+        calls: head calls computed through the screen; positions: their positions.
+        survivors: rows that survived the screen, per position, in order (the argmax candidates rescored exactly).
+        fallbacks: screened calls that ran the full head after all (too many survivors, a non-finite hidden state,
+            a softcap tie), and `fallback_reasons` their reasons.
+        full_calls: head calls of this block computed in full (the screen disabled, slower for that row count, or no
+            int8 copy possible).
+    """
+
+    mode: str = "auto"
+    enabled: bool = False
+    softcap: float | None = None
+    max_survivors: int = 4096
+    calls: int = 0
+    positions: int = 0
+    survivors: list = field(default_factory=list)
+    fallbacks: int = 0
+    fallback_reasons: list = field(default_factory=list)
+    full_calls: int = 0
+
+
+class _Block:
+    """One open `columns_verify_head` block: its model, the head's shadow, and the call's `HeadScreen` (or None)."""
+
+    __slots__ = ("model", "shadow", "screen")
+
+    def __init__(self, model, shadow, screen):
+        self.model, self.shadow, self.screen = model, shadow, screen
+
+
 # -- which calls go through it ------------------------------------------------------------------------------------
 # While a block is open, forward hooks on the target mark, on the running thread, that the target's own forward is
 # running for that block. The head's `forward`, shadowed on the instance, asks the thread whether it runs inside
@@ -100,7 +149,7 @@ class VerifyHead:
 # tables and in thread-local lists, never as attributes on the user's modules.
 
 _lock = threading.Lock()
-_local = threading.local()  # .blocks: (target, shadow) of the thread's open blocks; .forwards: its hooked forwards
+_local = threading.local()  # .blocks: the thread's open `_Block`s; .forwards: (module, block or None) of its forwards
 _shadows: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # head module -> _HeadShadow
 _hooked: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # target -> [open blocks, hook handles]
 
@@ -114,20 +163,93 @@ def _thread_list(name: str) -> list:
 
 
 class _HeadShadow:
-    """One head's shadowed `forward` and its `VerifyHead`."""
+    """One head's shadowed `forward`, its `VerifyHead`, and its int8 copy for the screen."""
+
+    SCREEN_NAMES = ("screen", "full")
 
     def __init__(self, head: torch.nn.Linear):
         self.head = weakref.ref(head)
         self.tuned = VerifyHead(choices=machine_costs(head, "verify_head"))
         self.forward = None  # the function set as `head.forward` while blocks are open
         self.users = 0
+        self.int8: Int8Head | None = None
+        self.int8_failed_key = None  # the weights an int8 copy could not be made of (not tried again)
+        self.screen_choices = machine_costs(head, "screened_head")  # rows -> "screen" or "full"
+        self.screen_times: dict[int, tuple[list, list]] = {}
+        self._lock = threading.Lock()
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
         head = self.head()
         forwards = _thread_list("forwards")
-        if forwards and forwards[-1][1] is self:  # the innermost hooked forward: a target's, in an open block
-            return self.tuned(x, head.weight, head.bias)
-        return torch.nn.Linear.forward(head, x)
+        block = forwards[-1][1] if forwards else None
+        if block is None or block.shadow is not self:  # not the innermost forward of a target in an open block
+            return torch.nn.Linear.forward(head, x)
+        screen = block.screen
+        if screen is not None and screen.enabled:
+            logits = self.screened(x, head, screen)
+            if logits is not None:
+                return logits
+        if screen is not None:
+            screen.full_calls += 1
+        return self.tuned(x, head.weight, head.bias)
+
+    def int8_head(self, head) -> Int8Head | None:
+        """The head's int8 copy, made (again) if its weights changed since; None where none can be made."""
+        key = Int8Head.source_key(head.weight, head.bias)
+        with self._lock:
+            if self.int8 is not None and self.int8.key == key:
+                return self.int8
+            if self.int8_failed_key == key:
+                return None
+            self.int8 = None  # the old copy goes before the new one is made (peak memory)
+            self.int8 = Int8Head.pack(head.weight.detach(), None if head.bias is None else head.bias.detach())
+            self.int8_failed_key = None if self.int8 is not None else key
+            return self.int8
+
+    def screened(self, x: torch.Tensor, head, screen: HeadScreen) -> torch.Tensor | None:
+        """The screened head's logits for `x`, or None where the full head runs (no int8 copy, measured slower for
+        this row count, or a fallback of the screen)."""
+        if x.dtype != torch.float32 or head.weight.dtype != torch.float32:
+            return None
+        int8 = self.int8_head(head)
+        if int8 is None:
+            return None
+        rows = x.numel() // x.shape[-1]
+        timed = screen.mode == "auto" and rows not in self.screen_choices
+        if screen.mode == "auto" and self.screen_choices.get(rows) == "full":
+            return None
+        if timed:
+            with self._lock:
+                times = self.screen_times.setdefault(rows, ([], []))
+                which = 0 if len(times[0]) <= len(times[1]) else 1
+            if which == 1:  # this trial times the full head
+                start = time.perf_counter()
+                out = self.tuned(x, head.weight, head.bias)
+                self._timed(rows, 1, time.perf_counter() - start)
+                screen.full_calls += 1
+                return out
+        start = time.perf_counter()
+        flat = x.reshape(rows, x.shape[-1])
+        logits, result = screened_logits(
+            flat, int8, head.weight, head.bias, max_survivors=screen.max_survivors, softcap=screen.softcap
+        )
+        if result.fallback is not None:
+            screen.fallbacks += 1
+            screen.fallback_reasons.append(result.fallback)
+            logits = self.tuned(x, head.weight, head.bias).reshape(rows, -1)
+        if timed:
+            self._timed(rows, 0, time.perf_counter() - start)
+        screen.calls += 1
+        screen.positions += rows
+        screen.survivors.extend(result.survivors)
+        return logits.reshape(*x.shape[:-1], logits.shape[-1])
+
+    def _timed(self, rows: int, which: int, seconds: float) -> None:
+        with self._lock:
+            times = self.screen_times.setdefault(rows, ([], []))
+            times[which].append(seconds)
+            if min(len(t) for t in times) >= self.tuned.trials and rows not in self.screen_choices:
+                self.screen_choices[rows] = self.SCREEN_NAMES[min((0, 1), key=lambda i: min(times[i]))]
 
     def acquire(self) -> None:  # under _lock
         head = self.head()
@@ -148,8 +270,8 @@ def _hook(target) -> None:  # under _lock
     """Forward hooks on `target` marking, on the running thread, whether this forward is one of an open block."""
 
     def before(module, args):
-        shadow = next((s for t, s in reversed(_thread_list("blocks")) if t is module), None)
-        _thread_list("forwards").append((module, shadow))
+        block = next((b for b in reversed(_thread_list("blocks")) if b.model is module), None)
+        _thread_list("forwards").append((module, block))
 
     def after(module, args, output):
         forwards = _thread_list("forwards")
@@ -174,10 +296,11 @@ def _unhook(target) -> None:  # under _lock
 
 
 @contextlib.contextmanager
-def columns_verify_head(model):
+def columns_verify_head(model, screen: HeadScreen | None = None):
     """Within the block, `model`'s own forwards *on this thread* compute its LM head (a plain `nn.Linear` on CPU)
-    through a `VerifyHead`; nothing else changes. The head's module and weights are untouched; other callers of the
-    head (a drafter sharing it, other threads, this thread outside `model`'s forward) run `nn.Linear`.
+    through a `VerifyHead`, or through the int8 screen while `screen.enabled` is set (`HeadScreen`); nothing else
+    changes. The head's module and weights are untouched; other callers of the head (a drafter sharing it, other
+    threads, this thread outside `model`'s forward) run `nn.Linear`.
 
     Blocks may be open on several threads at once, on one model or several. What `VerifyHead` decided is kept per
     machine and head shape (`calibration.py`) and written to the cache file when the block ends.
@@ -201,8 +324,10 @@ def columns_verify_head(model):
     if shadow is None:
         yield None
         return
+    if screen is not None:
+        screen.softcap = logit_softcap(model)
     blocks = _thread_list("blocks")
-    block = (model, shadow)
+    block = _Block(model, shadow, screen)
     blocks.append(block)
     try:
         yield shadow.tuned
@@ -212,3 +337,22 @@ def columns_verify_head(model):
             _unhook(model)
             shadow.release()
         save_machine_costs()
+
+
+def screen_copy_bytes(model) -> int | None:
+    """Memory held by the int8 copy of `model`'s head for the screen, or None if none was made."""
+    shadow = _shadows.get(model.get_output_embeddings())
+    int8 = None if shadow is None else shadow.int8
+    return None if int8 is None else int8.nbytes
+
+
+def screen_pending(model, rows: int) -> bool:
+    """Whether `screen_head="auto"` has yet to time the screen against the full head for `rows` rows on this machine
+    (False where the screen cannot run: no block was opened on `model`, not fp32, or no int8 copy possible)."""
+    head = model.get_output_embeddings()
+    shadow = _shadows.get(head)
+    if shadow is None or head.weight.dtype != torch.float32:
+        return False
+    if shadow.int8_failed_key is not None and shadow.int8_failed_key == Int8Head.source_key(head.weight, head.bias):
+        return False
+    return rows not in shadow.screen_choices

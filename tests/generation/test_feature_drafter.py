@@ -34,7 +34,11 @@ def pair(request, tmp_path_factory):
 
 
 def config_for(mode, static_table_path, router, **overrides):
-    kwargs = dict(shortlist=mode, shortlist_size=40, context_slots=16, num_draft_tokens=4, draft_schedule="heuristic")
+    # every verification through the target's int8 screen (`screen_head="on"`): its exactness is checked here too
+    kwargs = dict(
+        shortlist=mode, shortlist_size=40, context_slots=16, num_draft_tokens=4, draft_schedule="heuristic",
+        screen_head="on",
+    )  # fmt: skip
     if "static" in mode:
         kwargs["static_shortlist_path"] = static_table_path
     if "router" in mode or mode == "evospec":
@@ -64,6 +68,7 @@ def greedy_stats(target, drafter, config, label: str) -> DraftStats:
 def test_greedy_equals_plain_greedy(pair, mode, lookup_tokens):
     target, drafter, router, static_table_path = pair
     stats = greedy_stats(target, drafter, config_for(mode, static_table_path, router, lookup_tokens=lookup_tokens), mode)
+    assert stats.screen_calls == stats.rounds and stats.screen_fallbacks == 0
     if lookup_tokens == 0:
         assert stats.lookup_rounds == 0
         assert stats.drafter_accepted > 0, stats  # the feature drafter itself had drafts accepted

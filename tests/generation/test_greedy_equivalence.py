@@ -17,9 +17,11 @@ MODES = ["full", "static", "context", "static+context", "router", "router+contex
 def config_for(mode, static_table_path, router=None, **overrides):
     # the 'heuristic' schedule: draft lengths that do not depend on timings, so the counts below are reproducible
     # ('cost', the default, is tested by `test_cost_schedule_equals_plain_greedy`)
+    # `screen_head="on"`: every verification goes through the target's int8 screen (`auto` would time it against
+    # the full head, which wins at these tiny sizes), so the tests below check the screen's exactness too
     kwargs = dict(
         shortlist=mode, shortlist_size=40, context_slots=16, num_draft_tokens=4, confidence_threshold=None,
-        draft_schedule="heuristic",
+        draft_schedule="heuristic", screen_head="on",
     )  # fmt: skip
     if "static" in mode:
         kwargs["static_shortlist_path"] = static_table_path
@@ -61,6 +63,7 @@ def test_greedy_equals_plain_greedy(pair, mode, drafter_kind, lookup_tokens, sta
         )  # fmt: skip
         assert torch.equal(got, expected), f"{mode}/{drafter_kind} prompt {seed}"
     assert stats.rounds > 0 and stats.drafted > stats.rounds  # several tokens drafted per round
+    assert stats.screen_calls == stats.rounds and stats.screen_fallbacks == 0  # every verification was screened
     if drafter_kind == "noisy-copy":
         # the drafter itself (not only the context lookup) must get drafts accepted, or the test proves little
         assert stats.drafter_accepted > 0, stats

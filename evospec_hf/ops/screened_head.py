@@ -1,0 +1,269 @@
+"""The target's LM head for greedy verification: an int8 screen with a proven error bound, rescored exactly.
+
+Greedy verification needs only the argmax of `h @ W.T + b` at each position, not all V logits. For a row w of the
+head, its int8 copy ŵ (one scale per row) and the quantized activation ĥ:
+
+    |w·h − ŵ·ĥ|  ≤  ‖w − ŵ‖·‖h‖ + ‖ŵ‖·‖h − ĥ‖        (Cauchy–Schwarz; every norm is known)
+
+`screened_logits` computes ŵ·ĥ for every row with an integer matmul (int8 weights read once: memory-bound, about
+4x less to read than fp32), takes each position's best approximate row, computes it exactly and uses it as a floor,
+and keeps every row whose approximate logit plus its bound reaches the floor. Those survivors are computed exactly
+in fp32 (one product over their union); every other row is provably below the floor, so it gets -inf. The argmax
+at every position is the full head's. Every row is still considered; only the arithmetic changes.
+
+**Residual activation.** ĥ is quantized in two int8 rows per position, the second holding what the first missed
+(ĥ = s1·q1 + s2·q2), so ‖h − ĥ‖ is about 1/63 of one row's. The matmul reads the weights once whatever the row
+count, so the second row costs almost nothing, and the bound is then dominated by the weights' own quantization.
+Measured on Gemma-3-270M's final hidden states (411 positions of six held-out chat, translation, summary, roleplay,
+word-problem and QA prompts): survivors per position median 2, p90 8, p99 13, max 26; with one activation row,
+median 30, p90 537, p99 4,198 (`benchmarks/screened_head.py`).
+
+**The arithmetic is controlled, not trusted** (the bound must hold for what is actually computed):
+- The integer product is fbgemm's dynamic quantized linear, handed activations that are already integers: the
+  position rows hold integers in [-63, 63] and one extra row holds -63 and 64, so its per-tensor quantization
+  chooses scale 1 and zero point 63 and maps every value to itself. The 7-bit range (`reduce_range=True`) keeps
+  the u8 x s8 pair sums of CPUs without VNNI inside 16 bits. `Int8Head.pack` checks the machine first: products
+  of the extreme values must come back exact, or the screen is not used.
+- With integer inputs the only float operations are the row scale, the position scale, the bias and the bound's
+  own sums. They get a margin of 8 units in the last place of ‖ŵ‖·‖ĥ‖ and of |b|, and every factor of the bound is
+  rounded up.
+- The exact logits are fp32 dot products whose rounding depends on the order of the sum. The bound adds
+  2·γ·‖w‖·‖h‖ (γ = 1.01·d·2⁻²⁴, the standard bound on a d-term fp32 dot product), so a row excluded here is below
+  the floor whatever order the full head would sum in; the argmax is the full head's up to the same rounding
+  that verifying several positions in one forward already has (README, "Exactness").
+- A monotone transform after the head (Gemma 2's softcap) keeps the argmax, except where it maps the best
+  excluded bound and the best survivor to the same float; then the full head runs.
+- Non-finite hidden states, or more survivors than `max_survivors`, run the full head (counted as fallbacks).
+
+The torch functions here are the CPU path and the reference for the GPU kernel beside them
+(`triton_screened_head.py`).
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from .softcap import softcap as apply_softcap
+
+ACTIVATION_MAX = 63  # |q| of the activation rows: a 7-bit range, exact on CPUs without VNNI (see above)
+UNIT = 2.0**-24  # fp32 unit roundoff
+ROUND_UP = 1 + 1e-6  # factors of the bound are rounded up by this much (far above fp32's relative rounding)
+
+
+def _quantized_engine_ok() -> bool:
+    return "fbgemm" in torch.backends.quantized.supported_engines and torch.backends.quantized.engine in (
+        "fbgemm", "x86",
+    )  # fmt: skip
+
+
+def _prepack(q: torch.Tensor, scales: torch.Tensor):
+    """fbgemm's packed int8 weight: `q` (V, d) int8, one fp32 scale per row."""
+    with warnings.catch_warnings():  # torch marks its quantized tensors as deprecated; the probe catches a removal
+        warnings.simplefilter("ignore")
+        zeros = torch.zeros(q.shape[0], dtype=torch.long)
+        quantized = torch._make_per_channel_quantized_tensor(q, scales.double(), zeros, 0)
+        return torch.ops.quantized.linear_prepack(quantized, None)
+
+
+def integer_rows_product(rows: torch.Tensor, packed) -> torch.Tensor:
+    """`rows @ q.T * scales` for integer-valued `rows` (R, d) with |values| <= 63, through fbgemm, exactly up to the
+    final multiplication by each row's scale. Returns `(R, V)` fp32."""
+    span = rows.new_zeros(1, rows.shape[1])
+    span[0, 0], span[0, 1] = -ACTIVATION_MAX, ACTIVATION_MAX + 1  # forces scale 1, zero point 63: identity
+    return torch.ops.quantized.linear_dynamic(torch.cat([rows, span]), packed, True)[: rows.shape[0]]
+
+
+_probe_lock = threading.Lock()
+_probe_result: bool | None = None
+
+
+def integer_product_is_exact() -> bool:
+    """Whether this machine's int8 product returns exact sums for the extreme values the screen can feed it.
+
+    A saturating 16-bit pair sum (u8 x s8 on CPUs without VNNI, out of range) would show on these: every sign
+    combination of ±127/-128 weights against ±63/64 activations, in a row wide enough to sum to millions.
+    Checked once per process.
+    """
+    global _probe_result
+    with _probe_lock:
+        if _probe_result is None:
+            _probe_result = _probe()
+        return _probe_result
+
+
+def _probe() -> bool:
+    if not _quantized_engine_ok():
+        return False
+    try:
+        d = 640
+        weights = torch.tensor([127, -127, -128, 1], dtype=torch.int8)[:, None].expand(4, d).clone()
+        weights[3, ::2] = -128
+        rows = torch.tensor([63.0, -63.0, 1.0])[:, None].expand(3, d).clone()
+        rows[2, ::2] = -63.0
+        packed = _prepack(weights, torch.ones(4))
+        got = integer_rows_product(rows, packed).double()
+        want = rows.double() @ weights.double().T
+        return bool(torch.equal(got, want))
+    except Exception:  # quantized ops missing (a build without fbgemm, or removed in a later torch)
+        return False
+
+
+class Int8Head:
+    """A head's int8 copy and the per-row factors of the bound. Built by `pack`; read-only afterwards.
+
+    Attributes:
+        packed: fbgemm's packed weight, `(V, d)` int8 with one scale per row (what the screen reads).
+        weight_error (`torch.FloatTensor` of shape `(V,)`): ‖w − ŵ‖ + 2γ‖w‖, rounded up.
+        weight_norm (`torch.FloatTensor` of shape `(V,)`): ‖ŵ‖, rounded up.
+        bias_margin (`torch.FloatTensor` of shape `(V,)` or None): the rounding margin of a bias.
+        nbytes: memory the copy adds (the packed weight and the factors).
+        key: what the copy was made from (the weight's storage and version); `matches` compares it.
+    """
+
+    def __init__(self, packed, weight_error, weight_norm, bias_margin, nbytes, key):
+        self.packed, self.weight_error, self.weight_norm = packed, weight_error, weight_norm
+        self.bias_margin, self.nbytes, self.key = bias_margin, nbytes, key
+
+    @staticmethod
+    def source_key(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple:
+        """Changes whenever the weights change in place (`_version`) or are replaced (storage)."""
+        key = (weight.data_ptr(), weight._version, tuple(weight.shape))
+        return key if bias is None else (*key, bias.data_ptr(), bias._version)
+
+    def matches(self, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+        return self.key == self.source_key(weight, bias)
+
+    @classmethod
+    @torch.no_grad()
+    def pack(cls, weight: torch.Tensor, bias: torch.Tensor | None = None) -> Int8Head | None:
+        """The int8 copy of `weight` (V, d), fp32 on CPU; None where the screen cannot be exact here (another dtype
+        or device, non-finite weights, no exact integer product on this machine)."""
+        if weight.dtype != torch.float32 or weight.device.type != "cpu" or weight.dim() != 2:
+            return None
+        if not integer_product_is_exact():
+            return None
+        if not bool(torch.isfinite(weight).all()) or (bias is not None and not bool(torch.isfinite(bias).all())):
+            return None
+        key = cls.source_key(weight, bias)
+        d = weight.shape[1]
+        gamma = 1.01 * d * UNIT
+        errors, norms, scales, chunks = [], [], [], []
+        for start in range(0, weight.shape[0], 16384):  # float64 factors a slice at a time (bounded memory)
+            w = weight[start : start + 16384]
+            scale = (w.abs().amax(dim=1) / 127).clamp_min(torch.finfo(torch.float32).tiny)
+            q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+            w_hat = q.double() * scale.double()[:, None]  # exact in float64
+            w64 = w.double()
+            errors.append((w64 - w_hat).norm(dim=1) + 2 * gamma * w64.norm(dim=1))
+            norms.append(w_hat.norm(dim=1))
+            scales.append(scale)
+            chunks.append(q)
+        q = torch.cat(chunks)
+        scales = torch.cat(scales)
+        packed = _prepack(q, scales)
+        del q, chunks
+        weight_error = (torch.cat(errors) * ROUND_UP).float()
+        weight_norm = (torch.cat(norms) * ROUND_UP).float()
+        bias_margin = None if bias is None else (bias.double().abs() * (8 * UNIT) * ROUND_UP).float()
+        nbytes = weight.shape[0] * (d + 4 * 3) + (0 if bias is None else 4 * weight.shape[0])
+        return cls(packed, weight_error, weight_norm, bias_margin, nbytes, key)
+
+
+def quantize_positions(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Two integer rows per position: h ≈ s1·q1 + s2·q2 (the second quantizes what the first missed).
+
+    Args:
+        h (`torch.FloatTensor` of shape `(P, d)`).
+
+    Returns:
+        `(q, scales, h_norm, miss)`: `q` of shape `(2P, d)` (integers in [-63, 63]: the P first rows, then the P
+        residual rows), `scales` `(2P,)`, and per position ‖h‖ and ‖h − ĥ‖ in float64.
+    """
+    first_scale = (h.abs().amax(dim=1) / ACTIVATION_MAX).clamp_min(torch.finfo(torch.float32).tiny)
+    first = torch.round(h / first_scale[:, None]).clamp_(-ACTIVATION_MAX, ACTIVATION_MAX)
+    rest = h - first * first_scale[:, None]
+    rest_scale = (rest.abs().amax(dim=1) / ACTIVATION_MAX).clamp_min(torch.finfo(torch.float32).tiny)
+    second = torch.round(rest / rest_scale[:, None]).clamp_(-ACTIVATION_MAX, ACTIVATION_MAX)
+    h64 = h.double()
+    h_hat = first.double() * first_scale.double()[:, None] + second.double() * rest_scale.double()[:, None]
+    return torch.cat([first, second]), torch.cat([first_scale, rest_scale]), h64.norm(dim=1), (h64 - h_hat).norm(dim=1)
+
+
+class ScreenResult:
+    """What one screened head call did: `survivors` per position, `rescored` rows (their union), `fallback` (why
+    the full head ran instead, or None)."""
+
+    __slots__ = ("survivors", "rescored", "fallback")
+
+    def __init__(self, survivors: list, rescored: int, fallback: str | None = None):
+        self.survivors, self.rescored, self.fallback = survivors, rescored, fallback
+
+
+@torch.no_grad()
+def screened_logits(
+    h: torch.Tensor,
+    head: Int8Head,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    max_survivors: int = 4096,
+    softcap: float | None = None,
+) -> tuple[torch.Tensor | None, ScreenResult]:
+    """Logits whose argmax at every position is the full head's `h @ weight.T + bias`.
+
+    Args:
+        h (`torch.FloatTensor` of shape `(P, d)`): the positions' final hidden states.
+        head (`Int8Head`): `weight`'s int8 copy.
+        weight (`torch.FloatTensor` of shape `(V, d)`), bias (`(V,)` or None): the head itself, for the rescoring.
+        max_survivors: above this many rows to rescore (the union over positions), the full head runs instead.
+        softcap: the transform the model applies after the head (`tanh(x / cap) * cap`), if any.
+
+    Returns:
+        `(logits, result)`: `logits` of shape `(P, V)` hold the exact logits of the survivors and -inf elsewhere,
+        or None when the full head must run (`result.fallback` says why).
+    """
+    positions = h.shape[0]
+    if not bool(torch.isfinite(h).all()):
+        return None, ScreenResult([], 0, "non-finite hidden state")
+    q, scales, h_norm, miss = quantize_positions(h)
+    # ŵ·ĥ for every row: the integer products times the row scale (fbgemm), times each position's scales
+    products = integer_rows_product(q, head.packed)
+    approx = products[:positions].mul_(scales[:positions, None])
+    approx.add_(products[positions:] * scales[positions:, None])
+    if bias is not None:
+        approx.add_(bias)
+    # the floor: each position's best approximate row, computed exactly (2γ: a sum in another order may differ)
+    best = approx.argmax(dim=1)
+    best_rows = weight[best]
+    floor = (best_rows * h).sum(dim=1, dtype=torch.float32)
+    gamma = 1.01 * h.shape[1] * UNIT
+    floor_slack = 2 * gamma * best_rows.double().norm(dim=1) * h_norm
+    if bias is not None:
+        floor = floor + bias[best]
+        floor_slack = floor_slack + 2 * gamma * bias[best].double().abs()
+    floor = (floor.double() - floor_slack * ROUND_UP).float()
+    # the bound, per (position, row): ‖w − ŵ‖·‖h‖ + ‖ŵ‖·(‖h − ĥ‖ + float margin of ŵ·ĥ) (+ the bias's margin)
+    h_hat_norm = h_norm + miss
+    activation_term = ((miss + 8 * UNIT * h_hat_norm) * ROUND_UP).float()
+    upper = approx.addcmul_((h_norm * ROUND_UP).float()[:, None], head.weight_error[None, :])
+    upper.addcmul_(activation_term[:, None], head.weight_norm[None, :])
+    if head.bias_margin is not None:
+        upper.add_(head.bias_margin)
+    alive = upper >= floor[:, None]
+    alive[torch.arange(positions), best] = True
+    survivors = alive.sum(dim=1).tolist()
+    rows = alive.any(dim=0).nonzero().squeeze(1)
+    if rows.numel() > max_survivors:
+        return None, ScreenResult(survivors, int(rows.numel()), "too many survivors")
+    exact = F.linear(h, weight[rows], None if bias is None else bias[rows])
+    if softcap is not None:
+        # the best excluded row's bound and the best survivor must stay apart after the transform
+        excluded_best = upper.masked_fill_(alive, float("-inf")).amax(dim=1)
+        if bool((apply_softcap(excluded_best, softcap) >= apply_softcap(exact.amax(dim=1), softcap)).any()):
+            return None, ScreenResult(survivors, int(rows.numel()), "softcap ties")
+    logits = upper.fill_(float("-inf"))  # reuses the (P, V) buffer
+    logits[:, rows] = exact
+    return logits, ScreenResult(survivors, int(rows.numel()))

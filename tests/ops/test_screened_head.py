@@ -1,0 +1,199 @@
+"""The int8 screen of an LM head (`evospec_hf.ops.screened_head`): the argmax is the full head's, and every row it
+excludes is provably below the floor, on heads and hidden states built to stress the bound."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from evospec_hf.ops import screened_head
+from evospec_hf.ops.screened_head import Int8Head, integer_product_is_exact, quantize_positions, screened_logits
+
+pytestmark = pytest.mark.skipif(not integer_product_is_exact(), reason="no exact int8 product on this machine")
+
+
+def check_screen(h, weight, bias=None, softcap=None):
+    """Screens `h` and checks the contract against the full head: the argmax at every position, the exact values
+    of the survivors, -inf elsewhere, and every excluded row below the best. Returns the `ScreenResult`."""
+    head = Int8Head.pack(weight, bias)
+    logits, result = screened_logits(h, head, weight, bias, max_survivors=weight.shape[0], softcap=softcap)
+    assert result.fallback is None, result.fallback
+    full = F.linear(h.double(), weight.double(), None if bias is None else bias.double())
+    assert torch.equal(logits.argmax(dim=1), full.argmax(dim=1))
+    kept = torch.isfinite(logits)
+    torch.testing.assert_close(logits[kept].double(), full[kept], rtol=1e-5, atol=1e-4)
+    best = full.max(dim=1, keepdim=True).values
+    assert bool((full[~kept] < best.expand_as(full)[~kept]).all())  # nothing excluded could be the argmax
+    # every position holds the exact values of the union of the positions' survivors
+    assert kept.sum(dim=1).tolist() == [result.rescored] * h.shape[0] and max(result.survivors) <= result.rescored
+    return result
+
+
+def near_ties(rows: int, d: int, seed: int, spread: float) -> torch.Tensor:
+    """A head whose rows are all close to one direction: logits differ by about the quantization error, so the
+    int8 order and the exact order often disagree and the bound decides what survives."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(d, generator=g)
+    return base + spread * torch.randn(rows, d, generator=g)
+
+
+@pytest.mark.parametrize("positions", [1, 3, 9])
+@pytest.mark.parametrize("d", [32, 640, 77], ids=["d32", "d640", "d77-odd"])
+def test_argmax_is_the_full_heads_on_random_heads(positions, d):
+    g = torch.Generator().manual_seed(d + positions)
+    weight = torch.randn(3000, d, generator=g) * 0.05
+    h = torch.randn(positions, d, generator=g) * 4
+    result = check_screen(h, weight)
+    assert max(result.survivors) < 3000 // 10  # it screens: most rows are excluded
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_near_ties_keep_the_exact_argmax(seed):
+    weight = near_ties(4000, 64, seed, spread=2e-3)
+    h = torch.randn(8, 64, generator=torch.Generator().manual_seed(100 + seed))
+    h = h + 3 * weight.mean(dim=0)  # aligned with the rows: the logits are large and nearly equal
+    result = check_screen(h, weight)
+    assert max(result.survivors) > 1  # the bound, not the int8 order, decided these
+
+
+def aligned_error_case(d: int = 64, seed: int = 0):
+    """(h, weight) where the bound is nearly tight and decides the argmax: row 0's quantization error points along h
+    (every entry 0.49 of a step off the int8 grid, towards h's sign), so its int8 logit understates it by almost
+    exactly ‖w − ŵ‖·‖h‖; row 1 sits on the grid, 30 steps higher in int8 but 0.87 of a step lower exactly. h is ±1
+    (quantized exactly). The other rows are small."""
+    g = torch.Generator().manual_seed(seed)
+    step = 1.0 / 127
+    h = torch.where(torch.rand(1, d, generator=g) < 0.5, -1.0, 1.0)
+    grid = torch.randint(-90, 91, (d,), generator=g).float()
+    grid[0] = 127.0  # pins the row's int8 scale to `step`
+    offset = 0.49 * step * h[0]
+    offset[0] = 0.0
+    decoy = grid.clone()
+    decoy[1:31] += h[0, 1:31]  # 30 steps more along h
+    weight = torch.randn(300, d, generator=g) * 0.002
+    weight[0] = grid * step + offset
+    weight[1] = decoy * step
+    return h, weight
+
+
+def test_a_nearly_tight_bound_keeps_the_argmax():
+    h, weight = aligned_error_case()
+    scale = weight.abs().amax(dim=1, keepdim=True) / 127
+    int8_logits = h @ (torch.round(weight / scale) * scale).T
+    assert int((h.double() @ weight.double().T).argmax()) == 0 and int(int8_logits.argmax()) == 1
+    result = check_screen(h, weight)
+    assert result.survivors == [2]
+
+
+def test_halving_the_bound_misses_the_argmax():
+    """With every factor of the bound halved, the row whose error points along h is excluded: the case above would
+    catch a bound that is too small."""
+    h, weight = aligned_error_case()
+    head = Int8Head.pack(weight)
+    head.weight_error, head.weight_norm = head.weight_error / 2, head.weight_norm / 2
+    logits, _ = screened_logits(h, head, weight, max_survivors=300)
+    assert int(logits.argmax()) == 1  # the decoy: wrong
+
+
+def test_a_row_with_one_huge_weight():
+    """One huge entry makes the row's int8 scale coarse (its other entries quantize to zero): a large error that
+    its own bound must cover, whether or not the row is the argmax."""
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(2000, 64, generator=g) * 0.05
+    weight[17, 5] = 400.0
+    weight[18, 5] = -400.0
+    h = torch.randn(6, 64, generator=g)
+    h[:3, 5] = 0.0  # where the huge entry does not count, row 17's other entries decide
+    h[3:, 5] = torch.tensor([1e-3, -1e-3, 0.0])
+    result = check_screen(h, weight)
+    assert result.survivors[0] >= 1
+
+
+@pytest.mark.parametrize("scale", [1e-6, 1e6])
+def test_hidden_states_of_tiny_and_huge_norm(scale):
+    g = torch.Generator().manual_seed(1)
+    weight = torch.randn(2000, 48, generator=g) * 0.05
+    check_screen(torch.randn(4, 48, generator=g) * scale, weight)
+
+
+def test_a_bias_is_part_of_each_rows_logit():
+    g = torch.Generator().manual_seed(2)
+    weight = torch.randn(2000, 48, generator=g) * 0.05
+    bias = torch.randn(2000, generator=g) * 3
+    h = torch.randn(5, 48, generator=g)
+    check_screen(h, weight, bias)
+    # the bias moves the argmax away from the weights' own
+    assert not torch.equal((h @ weight.T).argmax(dim=1), (h @ weight.T + bias).argmax(dim=1))
+
+
+def test_zero_rows_and_positions():
+    weight = torch.randn(500, 32, generator=torch.Generator().manual_seed(3))
+    weight[:10] = 0.0
+    h = torch.randn(3, 32, generator=torch.Generator().manual_seed(4))
+    h[1] = 0.0  # every logit 0: the first row wins, as in the full head
+    check_screen(h, weight)
+
+
+def test_non_finite_hidden_states_fall_back():
+    weight = torch.randn(500, 32)
+    h = torch.randn(2, 32)
+    h[1, 3] = float("nan")
+    logits, result = screened_logits(h, Int8Head.pack(weight), weight)
+    assert logits is None and result.fallback == "non-finite hidden state"
+
+
+def test_too_many_survivors_fall_back():
+    weight = near_ties(2000, 64, 0, spread=1e-4)  # rows nearly equal: most of them survive
+    h = torch.randn(2, 64) + 3 * weight.mean(dim=0)
+    logits, result = screened_logits(h, Int8Head.pack(weight), weight, max_survivors=10)
+    assert logits is None and result.fallback == "too many survivors" and result.rescored > 10
+
+
+def test_a_saturating_softcap_falls_back():
+    """With a tiny cap every large logit maps to the cap itself: excluded rows would tie with the best after the
+    transform, and the full head's first-index tie-break cannot be reproduced, so the full head runs."""
+    g = torch.Generator().manual_seed(5)
+    weight = torch.randn(1000, 32, generator=g)
+    h = torch.randn(2, 32, generator=g) * 10
+    logits, result = screened_logits(h, Int8Head.pack(weight), weight, softcap=1e-3)
+    assert logits is None and result.fallback == "softcap ties"
+    check_screen(h / 100, weight, softcap=30.0)  # a softcap far from saturation keeps the screen
+
+
+def test_the_residual_row_tightens_the_activation():
+    h = torch.randn(4, 640, generator=torch.Generator().manual_seed(6))
+    q, scales, norm, miss = quantize_positions(h)
+    assert q.shape == (8, 640) and bool((q.abs() <= 63).all()) and torch.equal(q, q.round())
+    rebuilt = q[:4] * scales[:4, None] + q[4:] * scales[4:, None]
+    torch.testing.assert_close(miss, (h.double() - rebuilt.double()).norm(dim=1))
+    assert bool((miss < norm / (63 * 63) * 8).all())  # about 1/63 of one row's error
+
+
+def test_the_copy_notices_changed_weights():
+    weight = torch.randn(300, 32)
+    head = Int8Head.pack(weight)
+    assert head.matches(weight, None)
+    with torch.no_grad():
+        weight.mul_(2)
+    assert not head.matches(weight, None)
+
+
+def test_no_copy_where_it_cannot_be_exact(monkeypatch):
+    assert Int8Head.pack(torch.randn(100, 32).half()) is None
+    bad = torch.randn(100, 32)
+    bad[3, 3] = float("inf")
+    assert Int8Head.pack(bad) is None
+    monkeypatch.setattr(screened_head, "_probe_result", False)  # a machine whose int8 sums are not exact
+    assert Int8Head.pack(torch.randn(100, 32)) is None
+
+
+def test_the_probe_sees_a_saturating_product(monkeypatch):
+    """The machine check fails when the integer product saturates: simulated here by an activation range that
+    overflows 16-bit pair sums on CPUs without VNNI (on CPUs with VNNI, by a corrupted product)."""
+    real = screened_head.integer_rows_product
+
+    def saturating(rows, packed):
+        out = real(rows, packed)
+        return out.clamp(-2**15, 2**15)
+
+    monkeypatch.setattr(screened_head, "integer_rows_product", saturating)
+    assert screened_head._probe() is False
