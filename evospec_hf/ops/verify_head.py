@@ -26,8 +26,9 @@ removed by the last.
 **The screen** (`screened_head.py`): a block opened with a `HeadScreen` whose `enabled` the caller sets (only it
 knows whether the call is greedy with nothing that reads other logits) computes the head through the int8 screen
 instead: the argmax at every position is the full head's, the other logits are -inf. With `mode="auto"` each row
-count's first calls time the screen against the tuned full head, twice each, and keep the faster (kept per machine
-in the calibration cache, table `"screened_head"`); `mode="on"` screens without timing. The int8 copy is made on the
+count's first calls time the screen (with two activation rows per position, and with one) against the tuned full
+head, twice each, and keep the fastest (kept per machine in the calibration cache, table `"screened_head"`);
+`mode="on"` screens without timing (the measured variant where there is one, else two rows). The int8 copy is made on the
 first screened call and kept with the head (made again if the weights change), shared by every thread.
 """
 
@@ -165,7 +166,9 @@ def _thread_list(name: str) -> list:
 class _HeadShadow:
     """One head's shadowed `forward`, its `VerifyHead`, and its int8 copy for the screen."""
 
-    SCREEN_NAMES = ("screen", "full")
+    # the screen with two activation rows per position (fewest survivors), with one (half the integer work), or
+    # the full head: which is fastest depends on the machine and the row count
+    SCREEN_NAMES = ("screen", "screen-one-row", "full")
 
     def __init__(self, head: torch.nn.Linear):
         self.head = weakref.ref(head)
@@ -174,7 +177,7 @@ class _HeadShadow:
         self.users = 0
         self.int8: Int8Head | None = None
         self.int8_failed_key = None  # the weights an int8 copy could not be made of (not tried again)
-        self.screen_choices = machine_costs(head, "screened_head")  # rows -> "screen" or "full"
+        self.screen_choices = machine_costs(head, "screened_head")  # rows -> one of SCREEN_NAMES
         self.screen_times: dict[int, tuple[list, list]] = {}
         self._lock = threading.Lock()
 
@@ -215,41 +218,46 @@ class _HeadShadow:
         if int8 is None:
             return None
         rows = x.numel() // x.shape[-1]
-        timed = screen.mode == "auto" and rows not in self.screen_choices
-        if screen.mode == "auto" and self.screen_choices.get(rows) == "full":
-            return None
-        if timed:
+        choice = self.screen_choices.get(rows)
+        timed = screen.mode == "auto" and choice not in self.SCREEN_NAMES
+        if timed:  # the trials: each variant in turn, `trials` times each
             with self._lock:
-                times = self.screen_times.setdefault(rows, ([], []))
-                which = 0 if len(times[0]) <= len(times[1]) else 1
-            if which == 1:  # this trial times the full head
-                start = time.perf_counter()
-                out = self.tuned(x, head.weight, head.bias)
-                self._timed(rows, 1, time.perf_counter() - start)
-                screen.full_calls += 1
-                return out
+                times = self.screen_times.setdefault(rows, tuple([] for _ in self.SCREEN_NAMES))
+                choice = self.SCREEN_NAMES[min(range(len(times)), key=lambda i: len(times[i]))]
+        elif screen.mode == "on" and choice in (None, "full"):
+            choice = "screen"
+        if choice == "full":
+            if not timed:
+                return None
+            start = time.perf_counter()
+            out = self.tuned(x, head.weight, head.bias)
+            self._timed(rows, choice, time.perf_counter() - start)
+            screen.full_calls += 1
+            return out
         start = time.perf_counter()
         flat = x.reshape(rows, x.shape[-1])
         logits, result = screened_logits(
-            flat, int8, head.weight, head.bias, max_survivors=screen.max_survivors, softcap=screen.softcap
-        )
+            flat, int8, head.weight, head.bias, max_survivors=screen.max_survivors, softcap=screen.softcap,
+            residual=choice == "screen",
+        )  # fmt: skip
         if result.fallback is not None:
             screen.fallbacks += 1
             screen.fallback_reasons.append(result.fallback)
             logits = self.tuned(x, head.weight, head.bias).reshape(rows, -1)
         if timed:
-            self._timed(rows, 0, time.perf_counter() - start)
+            self._timed(rows, choice, time.perf_counter() - start)
         screen.calls += 1
         screen.positions += rows
         screen.survivors.extend(result.survivors)
         return logits.reshape(*x.shape[:-1], logits.shape[-1])
 
-    def _timed(self, rows: int, which: int, seconds: float) -> None:
+    def _timed(self, rows: int, name: str, seconds: float) -> None:
         with self._lock:
-            times = self.screen_times.setdefault(rows, ([], []))
-            times[which].append(seconds)
+            times = self.screen_times.setdefault(rows, tuple([] for _ in self.SCREEN_NAMES))
+            times[self.SCREEN_NAMES.index(name)].append(seconds)
             if min(len(t) for t in times) >= self.tuned.trials and rows not in self.screen_choices:
-                self.screen_choices[rows] = self.SCREEN_NAMES[min((0, 1), key=lambda i: min(times[i]))]
+                best = min(range(len(times)), key=lambda i: min(times[i]))
+                self.screen_choices[rows] = self.SCREEN_NAMES[best]
 
     def acquire(self) -> None:  # under _lock
         head = self.head()
