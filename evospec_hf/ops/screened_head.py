@@ -216,7 +216,7 @@ def screened_logits(
     head: Int8Head,
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
-    max_survivors: int = 4096,
+    max_survivors: int = 16384,
     softcap: float | None = None,
     residual: bool = True,
 ) -> tuple[torch.Tensor | None, ScreenResult]:

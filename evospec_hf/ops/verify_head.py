@@ -125,7 +125,7 @@ class HeadScreen:
     mode: str = "auto"
     enabled: bool = False
     softcap: float | None = None
-    max_survivors: int = 4096
+    max_survivors: int = 16384
     calls: int = 0
     positions: int = 0
     survivors: list = field(default_factory=list)
