@@ -27,7 +27,7 @@ import threading
 import weakref
 from types import SimpleNamespace
 
-from transformers import GenerationMixin, StoppingCriteriaList
+from transformers import GenerationMixin, StoppingCriteriaList, TemperatureLogitsWarper, TopKLogitsWarper
 
 from ..config import EvoSpecConfig
 from ..evolve.session import EvoSpecSession, drafter_lock
@@ -133,7 +133,8 @@ def evospec_drafting(
         )
         drafting.generator = generator
         if screen is not None:  # after the generator: lossy acceptance adds a processor that reads the scores
-            screen.enabled = screen_refusal(generation_config, logits_processor) is None
+            screen.top_k, _ = screen_plan(generation_config, logits_processor)
+            screen.enabled = screen.top_k > 0
         return generator
 
     # A seeded learning session is reproducible only if the teacher's logits are: the tuned head's timing trials
@@ -152,22 +153,33 @@ def evospec_drafting(
                 save_machine_costs()
 
 
-def screen_refusal(generation_config, logits_processor) -> str | None:
-    """Why this call may not screen the target's LM head, or None if it may.
+def screen_plan(generation_config, logits_processor, max_rows: int = HeadScreen.max_survivors) -> tuple[int, str | None]:
+    """Whether this call may screen the target's LM head: `(top_k, None)` if it may, keeping each position's
+    `top_k` best rows exact (1 for greedy), or `(0, reason)` if it may not.
 
-    The screen (`ops/screened_head.py`) keeps each position's argmax exact and sets every other row it excludes to
-    -inf, so it is for calls that read nothing but the argmax of the raw logits.
+    The screen (`ops/screened_head.py`) keeps each position's best rows exact and sets every other row it excludes
+    to -inf. Greedy reads the argmax of the raw logits. Sampling reads every probability, unless a top-k filter comes
+    first: a temperature (monotone) may precede it, any processor may follow it, as it sees the same top k either way.
     """
-    if generation_config.do_sample:
-        return "sampling reads every probability"
-    if generation_config.num_beams > 1:
-        return "beam search ranks every logit"
+    if (generation_config.num_beams or 1) > 1:
+        return 0, "beam search ranks every logit"
     if generation_config.output_scores or generation_config.output_logits:
-        return "`output_scores` / `output_logits` return every logit"
-    if logits_processor is not None and len(logits_processor) > 0:
-        names = ", ".join(type(p).__name__ for p in logits_processor)
-        return f"logits processors may change scores ({names})"
-    return None
+        return 0, "`output_scores` / `output_logits` return every logit"
+    processors = list(logits_processor or [])
+    if not generation_config.do_sample:
+        if processors:
+            return 0, f"logits processors may change scores ({', '.join(type(p).__name__ for p in processors)})"
+        return 1, None
+    for processor in processors:
+        if isinstance(processor, TopKLogitsWarper):
+            if processor.filter_value != float("-inf"):
+                return 0, f"a top-k filter with filter_value={processor.filter_value} keeps every logit"
+            if processor.top_k > max_rows:
+                return 0, f"top_k={processor.top_k} is above the screen's {max_rows} rows"
+            return processor.top_k, None
+        if not isinstance(processor, TemperatureLogitsWarper):
+            return 0, f"sampling with {type(processor).__name__} before a top-k filter reads every probability"
+    return 0, "sampling without `top_k` reads every probability"
 
 
 def check_arguments(evospec_config, stats, session) -> None:
@@ -380,7 +392,8 @@ def screened_greedy(
     screen = HeadScreen(mode=evospec_config.screen_head) if use_screen else None
     with columns_verify_head(model, screen) if use_screen else contextlib.nullcontext():
         if screen is not None:
-            screen.enabled = screen_refusal(generation_config, logits_processor) is None
+            screen.top_k, _ = screen_plan(generation_config, logits_processor)
+            screen.enabled = screen.top_k > 0
         try:
             return GenerationMixin._sample(
                 model, input_ids, logits_processor=logits_processor, stopping_criteria=stopping_criteria,

@@ -149,27 +149,26 @@ class Int8Head:
         if not bool(torch.isfinite(weight).all()) or (bias is not None and not bool(torch.isfinite(bias).all())):
             return None
         key = cls.source_key(weight, bias)
-        d = weight.shape[1]
+        rows, d = weight.shape
         gamma = 1.01 * d * UNIT
-        errors, norms, scales, chunks = [], [], [], []
-        for start in range(0, weight.shape[0], 16384):  # float64 factors a slice at a time (bounded memory)
-            w = weight[start : start + 16384]
-            scale = (w.abs().amax(dim=1) / 127).clamp_min(torch.finfo(torch.float32).tiny)
-            q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
-            w_hat = q.double() * scale.double()[:, None]  # exact in float64
+        # filled a slice at a time (float64 factors of one slice at once): the peak is the int8 copy, once
+        q = torch.empty(rows, d, dtype=torch.int8)
+        scales, errors, norms = torch.empty(rows), torch.empty(rows, dtype=torch.float64), torch.empty(rows, dtype=torch.float64)
+        for start in range(0, rows, 16384):
+            w, part = weight[start : start + 16384], slice(start, start + 16384)
+            scale = scales[part] = (w.abs().amax(dim=1) / 127).clamp_min(torch.finfo(torch.float32).tiny)
+            q[part] = torch.round(w / scale[:, None]).clamp_(-127, 127)
+            w_hat = q[part].double().mul_(scale.double()[:, None])  # exact in float64
             w64 = w.double()
-            errors.append((w64 - w_hat).norm(dim=1) + 2 * gamma * w64.norm(dim=1))
-            norms.append(w_hat.norm(dim=1))
-            scales.append(scale)
-            chunks.append(q)
-        q = torch.cat(chunks)
-        scales = torch.cat(scales)
+            norms[part] = w_hat.norm(dim=1)
+            errors[part] = w_hat.sub_(w64).norm(dim=1).add_(2 * gamma * w64.norm(dim=1))
+            del w_hat, w64
         packed = _prepack(q, scales)
-        del q, chunks
-        weight_error = (torch.cat(errors) * ROUND_UP).float()
-        weight_norm = (torch.cat(norms) * ROUND_UP).float()
+        del q
+        weight_error = (errors * ROUND_UP).float()
+        weight_norm = (norms * ROUND_UP).float()
         bias_margin = None if bias is None else (bias.double().abs() * (8 * UNIT) * ROUND_UP).float()
-        nbytes = weight.shape[0] * (d + 4 * 3) + (0 if bias is None else 4 * weight.shape[0])
+        nbytes = rows * (d + 4 * 3) + (0 if bias is None else 4 * rows)
         return cls(packed, weight_error, weight_norm, bias_margin, nbytes, key)
 
 
@@ -219,8 +218,9 @@ def screened_logits(
     max_survivors: int = 16384,
     softcap: float | None = None,
     residual: bool = True,
+    top_k: int = 1,
 ) -> tuple[torch.Tensor | None, ScreenResult]:
-    """Logits whose argmax at every position is the full head's `h @ weight.T + bias`.
+    """Logits whose argmax (or top `top_k`) at every position is the full head's `h @ weight.T + bias`.
 
     Args:
         h (`torch.FloatTensor` of shape `(P, d)`): the positions' final hidden states.
@@ -230,12 +230,18 @@ def screened_logits(
         softcap: the transform the model applies after the head (`tanh(x / cap) * cap`), if any.
         residual: quantize each position in two int8 rows (few survivors) or one (half the integer work, more
             survivors): which is faster depends on the machine and the position count.
+        top_k: keep every row that can be among each position's `top_k` best (1: the argmax). The floor is then
+            the k-th best of the k best approximate rows, computed exactly: no lower than the true k-th best, so
+            every row of the true top k (ties at the k-th included) survives with its exact logit, and a top-k
+            filter (`TopKLogitsWarper`) keeps the same rows from these logits as from the full head's.
 
     Returns:
         `(logits, result)`: `logits` of shape `(P, V)` hold the exact logits of the survivors and -inf elsewhere,
         or None when the full head must run (`result.fallback` says why).
     """
     positions = h.shape[0]
+    if not 1 <= top_k <= weight.shape[0]:
+        raise ValueError(f"top_k must be between 1 and the head's {weight.shape[0]} rows, got {top_k}.")
     if not bool(torch.isfinite(h).all()):
         return None, ScreenResult([], 0, "non-finite hidden state")
     q, scales, h_norm, miss = quantize_positions(h, residual)
@@ -246,16 +252,17 @@ def screened_logits(
         approx.add_(products[positions:] * scales[positions:, None])
     if bias is not None:
         approx.add_(bias)
-    # the floor: each position's best approximate row, computed exactly (2γ: a sum in another order may differ)
-    best = approx.argmax(dim=1)
-    best_rows = weight[best]
-    floor = (best_rows * h).sum(dim=1, dtype=torch.float32)
+    # the floor: each position's k best approximate rows, computed exactly, their lowest value minus what a sum in
+    # another order may differ by (2γ); the true k-th best logit is at least this
+    best = approx.argmax(dim=1, keepdim=True) if top_k == 1 else approx.topk(top_k, dim=1, sorted=False).indices
+    best_rows = weight[best]  # (P, k, d)
+    floor = (best_rows * h[:, None, :]).sum(dim=2, dtype=torch.float32)
     gamma = 1.01 * h.shape[1] * UNIT
-    floor_slack = 2 * gamma * best_rows.double().norm(dim=1) * h_norm
+    floor_slack = 2 * gamma * best_rows.double().norm(dim=2) * h_norm[:, None]
     if bias is not None:
         floor = floor + bias[best]
         floor_slack = floor_slack + 2 * gamma * bias[best].double().abs()
-    floor = (floor.double() - floor_slack * ROUND_UP).float()
+    floor = (floor.double() - floor_slack * ROUND_UP).amin(dim=1).float()
     # the bound, per (position, row): ‖w − ŵ‖·‖h‖ + ‖ŵ‖·(‖h − ĥ‖ + float margin of ŵ·ĥ) (+ the bias's margin)
     h_hat_norm = h_norm + miss
     activation_term = ((miss + 8 * UNIT * h_hat_norm) * ROUND_UP).float()
@@ -264,16 +271,17 @@ def screened_logits(
     if head.bias_margin is not None:
         upper.add_(head.bias_margin)
     alive = upper >= floor[:, None]
-    alive[torch.arange(positions), best] = True
+    alive.scatter_(1, best, True)
     survivors = alive.sum(dim=1).tolist()
     rows = alive.any(dim=0).nonzero().squeeze(1)
     if rows.numel() > max_survivors:
         return None, ScreenResult(survivors, int(rows.numel()), "too many survivors")
     exact = F.linear(h, weight[rows], None if bias is None else bias[rows])
     if softcap is not None:
-        # the best excluded row's bound and the best survivor must stay apart after the transform
+        # the best excluded row's bound and the k-th best survivor must stay apart after the transform
         excluded_best = upper.masked_fill_(alive, float("-inf")).amax(dim=1)
-        if bool((apply_softcap(excluded_best, softcap) >= apply_softcap(exact.amax(dim=1), softcap)).any()):
+        kth = exact.amax(dim=1) if top_k == 1 else exact.topk(top_k, dim=1).values[:, -1]
+        if bool((apply_softcap(excluded_best, softcap) >= apply_softcap(kth, softcap)).any()):
             return None, ScreenResult(survivors, int(rows.numel()), "softcap ties")
     logits = upper.fill_(float("-inf"))  # reuses the (P, V) buffer
     logits[:, rows] = exact

@@ -110,8 +110,9 @@ class HeadScreen:
 
     Attributes:
         mode: "auto" (screen the row counts where it was measured faster on this machine) or "on" (always).
-        enabled: set by the caller once it knows the call may be screened (greedy, and nothing reads logits other
-            than the argmax); False runs the full head.
+        enabled: set by the caller once it knows the call may be screened (greedy, or sampling behind a top-k
+            filter, and nothing else reads the logits); False runs the full head.
+        top_k: how many best rows per position must be exact: 1 for greedy, the call's `top_k` when it samples.
         softcap: the final-logit softcap the model applies after the head, or None.
         max_survivors: above this many rows to rescore, the full head runs (a fallback).
         calls: head calls computed through the screen; positions: their positions.
@@ -124,6 +125,7 @@ class HeadScreen:
 
     mode: str = "auto"
     enabled: bool = False
+    top_k: int = 1
     softcap: float | None = None
     max_survivors: int = 16384
     calls: int = 0
@@ -177,8 +179,8 @@ class _HeadShadow:
         self.users = 0
         self.int8: Int8Head | None = None
         self.int8_failed_key = None  # the weights an int8 copy could not be made of (not tried again)
-        self.screen_choices = machine_costs(head, "screened_head")  # rows -> one of SCREEN_NAMES
-        self.screen_times: dict[int, tuple[list, list]] = {}
+        self.screen_choices = {}  # top_k -> {rows: one of SCREEN_NAMES}, the machine's calibration tables
+        self.screen_times: dict[tuple[int, int], tuple[list, ...]] = {}  # (top_k, rows) -> times of each name
         self._lock = threading.Lock()
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
@@ -218,11 +220,12 @@ class _HeadShadow:
         if int8 is None:
             return None
         rows = x.numel() // x.shape[-1]
-        choice = self.screen_choices.get(rows)
+        key = (screen.top_k, rows)
+        choice = self.choices(screen.top_k).get(rows)
         timed = screen.mode == "auto" and choice not in self.SCREEN_NAMES
         if timed:  # the trials: each variant in turn, `trials` times each
             with self._lock:
-                times = self.screen_times.setdefault(rows, tuple([] for _ in self.SCREEN_NAMES))
+                times = self.screen_times.setdefault(key, tuple([] for _ in self.SCREEN_NAMES))
                 choice = self.SCREEN_NAMES[min(range(len(times)), key=lambda i: len(times[i]))]
         elif screen.mode == "on" and choice in (None, "full"):
             choice = "screen"
@@ -231,33 +234,42 @@ class _HeadShadow:
                 return None
             start = time.perf_counter()
             out = self.tuned(x, head.weight, head.bias)
-            self._timed(rows, choice, time.perf_counter() - start)
+            self._timed(key, choice, time.perf_counter() - start)
             screen.full_calls += 1
             return out
         start = time.perf_counter()
         flat = x.reshape(rows, x.shape[-1])
         logits, result = screened_logits(
             flat, int8, head.weight, head.bias, max_survivors=screen.max_survivors, softcap=screen.softcap,
-            residual=choice == "screen",
+            residual=choice == "screen", top_k=screen.top_k,
         )  # fmt: skip
         if result.fallback is not None:
             screen.fallbacks += 1
             screen.fallback_reasons.append(result.fallback)
             logits = self.tuned(x, head.weight, head.bias).reshape(rows, -1)
         if timed:
-            self._timed(rows, choice, time.perf_counter() - start)
+            self._timed(key, choice, time.perf_counter() - start)
         screen.calls += 1
         screen.positions += rows
         screen.survivors.extend(result.survivors)
         return logits.reshape(*x.shape[:-1], logits.shape[-1])
 
-    def _timed(self, rows: int, name: str, seconds: float) -> None:
+    def choices(self, top_k: int) -> dict:
+        """`{rows: name}` decided on this machine for screens that keep `top_k` rows per position."""
+        table = self.screen_choices.get(top_k)
+        if table is None:
+            name = "screened_head" if top_k == 1 else f"screened_head_top{top_k}"
+            table = self.screen_choices[top_k] = machine_costs(self.head(), name)
+        return table
+
+    def _timed(self, key: tuple[int, int], name: str, seconds: float) -> None:
+        table = self.choices(key[0])
         with self._lock:
-            times = self.screen_times.setdefault(rows, tuple([] for _ in self.SCREEN_NAMES))
+            times = self.screen_times.setdefault(key, tuple([] for _ in self.SCREEN_NAMES))
             times[self.SCREEN_NAMES.index(name)].append(seconds)
-            if min(len(t) for t in times) >= self.tuned.trials and rows not in self.screen_choices:
+            if min(len(t) for t in times) >= self.tuned.trials and key[1] not in table:
                 best = min(range(len(times)), key=lambda i: min(times[i]))
-                self.screen_choices[rows] = self.SCREEN_NAMES[best]
+                table[key[1]] = self.SCREEN_NAMES[best]
 
     def acquire(self) -> None:  # under _lock
         head = self.head()
@@ -354,13 +366,14 @@ def screen_copy_bytes(model) -> int | None:
     return None if int8 is None else int8.nbytes
 
 
-def screen_pending(model, rows: int) -> bool:
-    """Whether `screen_head="auto"` has yet to time the screen against the full head for `rows` rows on this machine
-    (False where the screen cannot run: no block was opened on `model`, not fp32, or no int8 copy possible)."""
+def screen_pending(model, rows: int, top_k: int = 1) -> bool:
+    """Whether `screen_head="auto"` has yet to time the screen against the full head for `rows` rows (keeping
+    `top_k` rows per position) on this machine (False where the screen cannot run: no block was opened on `model`,
+    not fp32, or no int8 copy possible)."""
     head = model.get_output_embeddings()
     shadow = _shadows.get(head)
     if shadow is None or head.weight.dtype != torch.float32:
         return False
     if shadow.int8_failed_key is not None and shadow.int8_failed_key == Int8Head.source_key(head.weight, head.bias):
         return False
-    return rows not in shadow.screen_choices
+    return rows not in shadow.choices(top_k)

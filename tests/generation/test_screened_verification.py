@@ -126,14 +126,73 @@ def test_calls_that_read_more_than_the_argmax_get_the_full_head(extra, entry):
     assert stats.screen_calls == 0 and stats.screen_full_calls > 0
 
 
-def test_sampling_gets_the_full_head():
+def sample(target, input_ids, seed, **kwargs):
+    torch.manual_seed(seed)
+    return target.generate(input_ids, max_new_tokens=24, do_sample=True, **kwargs)
+
+
+@pytest.mark.parametrize("entry", ["assisted", "plain"])
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt2"])
+def test_top_k_sampling_through_the_screen_samples_the_same_tokens(arch, entry):
+    """With a top-k filter the screen keeps every row of each position's top k with its exact logit, so the
+    processed distribution is the full head's: with the same seed, the same tokens are sampled. (A constant draft
+    length: the "cost" rule reads the clock, and a different length draws different random numbers.)"""
+    target = BUILDERS[arch](0)
+    kwargs = {"assistant_model": noisy_copy(target, seed=1)} if entry == "assisted" else {
+        "custom_generate": evospec_hf.screened_greedy
+    }  # fmt: skip
+    stats = DraftStats()
+    for seed in range(3):
+        sampling = dict(top_k=8, top_p=0.9, temperature=0.7)
+        off, on = (EvoSpecConfig(draft_schedule="constant", screen_head=mode) for mode in ("off", "on"))
+        expected = sample(target, prompt(seed), seed, evospec_config=off, **kwargs, **sampling)
+        got = sample(target, prompt(seed), seed, evospec_config=on, evospec_stats=stats, **kwargs, **sampling)
+        assert torch.equal(got, expected), f"prompt {seed}"
+    assert stats.screen_calls > 0 and stats.screen_full_calls == 0 and stats.screen_fallbacks == 0
+    assert max(stats.screen_survivors) >= 8
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        pytest.param({"top_k": 0}, id="no-top-k"),
+        pytest.param({"top_k": 8, "repetition_penalty": 1.3}, id="penalty-before-top-k"),
+    ],
+)
+def test_sampling_that_reads_every_probability_gets_the_full_head(extra):
     target = ARCHITECTURES["llama"](seed=0)
     stats = DraftStats()
-    target.generate(
-        prompt(0), max_new_tokens=8, do_sample=True, assistant_model=noisy_copy(target, seed=1),
-        evospec_config=EvoSpecConfig(**SCREEN), evospec_stats=stats,
+    sample(
+        target, prompt(0), 0, assistant_model=noisy_copy(target, seed=1), evospec_config=EvoSpecConfig(**SCREEN),
+        evospec_stats=stats, **extra,
     )  # fmt: skip
     assert stats.screen_calls == 0 and stats.screen_full_calls > 0
+
+
+def test_screen_plan():
+    """Which calls may be screened, and how many rows per position each keeps exact."""
+    from transformers import GenerationConfig, LogitsProcessorList, TopKLogitsWarper, TopPLogitsWarper
+
+    from evospec_hf.generation.integration import screen_plan
+
+    target = ARCHITECTURES["llama"](seed=0)
+
+    def plan(**kwargs):
+        config = GenerationConfig(**kwargs)
+        processors = target._get_logits_processor(config, 12, prompt(0), None, LogitsProcessorList())
+        return screen_plan(config, processors)
+
+    assert plan(do_sample=False) == (1, None)
+    assert plan(do_sample=True, top_k=40) == (40, None)
+    assert plan(do_sample=True, top_k=40, temperature=0.5, top_p=0.9, min_p=0.1) == (40, None)
+    assert plan(do_sample=True, top_k=None)[0] == 0
+    assert plan(do_sample=True, top_k=40, top_h=0.5)[0] == 0  # another filter runs before the top k
+    assert plan(do_sample=True, top_k=40, repetition_penalty=1.2)[0] == 0
+    assert plan(do_sample=False, no_repeat_ngram_size=2)[0] == 0
+    assert plan(do_sample=True, top_k=40, output_scores=True)[0] == 0
+    assert plan(do_sample=True, top_k=20_000)[0] == 0  # more rows than the screen rescores
+    custom = LogitsProcessorList([TopKLogitsWarper(5, filter_value=-1e4), TopPLogitsWarper(0.5)])
+    assert screen_plan(GenerationConfig(do_sample=True), custom)[0] == 0  # it keeps a value for every row
 
 
 def test_lossy_acceptance_gets_the_full_head():

@@ -4,6 +4,7 @@ excludes is provably below the floor, on heads and hidden states built to stress
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers import TopKLogitsWarper
 
 from evospec_hf.ops import screened_head
 from evospec_hf.ops.screened_head import Int8Head, integer_product_is_exact, quantize_positions, screened_logits
@@ -197,3 +198,88 @@ def test_the_probe_sees_a_saturating_product(monkeypatch):
 
     monkeypatch.setattr(screened_head, "integer_rows_product", saturating)
     assert screened_head._probe() is False
+
+
+# -- top k: every row that can be among a position's k best survives with its exact logit (top-k sampling) -----------
+
+
+def check_top_k(h, weight, k, bias=None, softcap=None):
+    """Screens `h` keeping `k` rows per position and checks that a top-k filter keeps the same rows, with the same
+    values, from the screened logits as from the full head's. Returns the `ScreenResult`."""
+    head = Int8Head.pack(weight, bias)
+    logits, result = screened_logits(h, head, weight, bias, max_survivors=weight.shape[0], softcap=softcap, top_k=k)
+    assert result.fallback is None, result.fallback
+    full = F.linear(h, weight, bias)
+    if softcap is not None:
+        logits, full = softcap * torch.tanh(logits / softcap), softcap * torch.tanh(full / softcap)
+    warper = TopKLogitsWarper(k)
+    mine, theirs = warper(None, logits), warper(None, full)
+    assert torch.equal(torch.isfinite(mine), torch.isfinite(theirs))  # the same rows kept, ties included
+    kept = torch.isfinite(theirs)
+    torch.testing.assert_close(mine[kept], theirs[kept], rtol=1e-5, atol=1e-5)
+    assert min(result.survivors) >= k
+    return result
+
+
+@pytest.mark.parametrize("k", [2, 20, 64])
+@pytest.mark.parametrize("positions", [1, 5])
+def test_top_k_rows_are_the_full_heads(k, positions):
+    g = torch.Generator().manual_seed(k + positions)
+    weight = torch.randn(3000, 96, generator=g) * 0.05
+    h = torch.randn(positions, 96, generator=g) * 4
+    result = check_top_k(h, weight, k)
+    assert max(result.survivors) < 3000 // 3  # it still screens
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_top_k_near_ties(seed):
+    weight = near_ties(4000, 64, seed, spread=2e-3)
+    h = torch.randn(6, 64, generator=torch.Generator().manual_seed(200 + seed)) + 3 * weight.mean(dim=0)
+    result = check_top_k(h, weight, k=16)
+    assert max(result.survivors) > 16  # the bound, not the int8 order, decided these
+
+
+def test_rows_tied_at_the_kth_value_all_survive():
+    """Rows equal to the k-th best row tie with it: a top-k filter keeps all of them, from the full head and from
+    the screen alike."""
+    g = torch.Generator().manual_seed(7)
+    weight = torch.randn(2000, 48, generator=g) * 0.05
+    h = torch.randn(1, 48, generator=g)
+    order = (h @ weight.T)[0].argsort(descending=True)
+    weight[order[10:14]] = weight[order[4]].clone()  # the 5th best now appears five times: ranks 5 to 9 tie
+    check_top_k(h, weight, k=6)
+    assert int(TopKLogitsWarper(6)(None, h @ weight.T).isfinite().sum()) == 9
+
+
+def test_top_k_with_a_bias_and_a_softcap():
+    g = torch.Generator().manual_seed(8)
+    weight = torch.randn(2000, 48, generator=g) * 0.05
+    bias = torch.randn(2000, generator=g)
+    check_top_k(torch.randn(4, 48, generator=g), weight, k=32, bias=bias, softcap=30.0)
+
+
+def two_decoys_case(d: int = 64):
+    """`aligned_error_case` with two decoys: rows 1 and 2 are both higher than row 0 in int8 and both lower exactly.
+    For k = 2 the floor comes from the two decoys, and only the bound keeps row 0, the true best."""
+    h, weight = aligned_error_case(d)
+    weight = torch.cat([weight[:2], weight[1:2], weight[2:]])
+    return h, weight
+
+
+def test_top_k_with_the_best_row_last_in_int8():
+    h, weight = two_decoys_case()
+    check_top_k(h, weight, k=2)
+
+
+def test_halving_the_bound_misses_a_top_k_row():
+    h, weight = two_decoys_case()
+    head = Int8Head.pack(weight)
+    head.weight_error, head.weight_norm = head.weight_error / 2, head.weight_norm / 2
+    logits, _ = screened_logits(h, head, weight, max_survivors=weight.shape[0], top_k=2)
+    assert not bool(torch.isfinite(logits[0, 0]))  # the true best row, screened out
+
+
+def test_top_k_must_fit_the_head():
+    weight = torch.randn(100, 32)
+    with pytest.raises(ValueError, match="top_k"):
+        screened_logits(torch.randn(1, 32), Int8Head.pack(weight), weight, top_k=101)
