@@ -330,12 +330,14 @@ class EvoSpecConfig(JsonConfigMixin):
         default="auto",
         metadata={
             "help": (
-                "Greedy verification through an int8 screen of the target's LM head (evospec_hf/ops/screened_head.py): "
+                "Verification through an int8 screen of the target's LM head (evospec_hf/ops/screened_head.py): "
                 "every row's logit approximated in int8 with a proven error bound, the rows that could be the argmax "
-                "computed exactly, -inf elsewhere; the argmax at every position is the full head's. Used only where "
-                "that is all the call reads: greedy, fp32, no logits processor, no `output_scores`/`output_logits`, "
-                "no lossy acceptance, no learning session; the full head otherwise. 'auto': per row count, where it "
-                "was measured faster on this machine (kept in the calibration cache). 'on': wherever it is exact. "
+                "(or, when sampling with `top_k`, among the k best) computed exactly, -inf elsewhere; the argmax, "
+                "and the rows a top-k filter keeps, are the full head's. Used only where that is all the call reads: "
+                "greedy with no logits processor, or sampling whose first filter is `top_k`; fp32; no "
+                "`output_scores`/`output_logits`, no lossy acceptance, no learning session; the full head otherwise. "
+                "'auto': per row count, where it was measured faster on this machine (kept in the calibration "
+                "cache). 'on': wherever it is exact. "
                 "'off': never. Needs `fast_verify_head`."
             )
         },

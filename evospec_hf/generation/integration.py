@@ -372,14 +372,16 @@ def screened_greedy(
     evospec_stats: DraftStats | None = None,
     **model_kwargs,
 ):
-    """Plain decoding, no drafter, with the target's LM head screened wherever that is exact (greedy, no logits
-    processor, no `output_scores`/`output_logits`; see `EvoSpecConfig.screen_head`):
+    """Plain decoding, no drafter, with the target's LM head screened wherever that is exact (greedy with no logits
+    processor, or sampling whose first filter is `top_k`; no `output_scores`/`output_logits`; see `screen_plan` and
+    `EvoSpecConfig.screen_head`):
 
         model.generate(**inputs, custom_generate=evospec_hf.screened_greedy, max_new_tokens=128)
 
-    The tokens are plain greedy's. Other calls (sampling, processors) run transformers' own loop unchanged.
-    `evospec_config=EvoSpecConfig(screen_head=...)` chooses the mode; `evospec_stats=DraftStats()` receives the
-    screen's counts (`screen_*`). transformers does not forward `streamer=` to a `custom_generate` callable.
+    The tokens are plain greedy's (and plain top-k sampling's, from the same seed). Other calls run transformers' own
+    loop with the full head. `evospec_config=EvoSpecConfig(screen_head=...)` chooses the mode;
+    `evospec_stats=DraftStats()` receives the screen's counts (`screen_*`). transformers does not forward
+    `streamer=` to a `custom_generate` callable.
     """
     evospec_config = evospec_config if evospec_config is not None else EvoSpecConfig()
     check_arguments(evospec_config, evospec_stats, None)

@@ -11,6 +11,11 @@ and keeps every row whose approximate logit plus its bound reaches the floor. Th
 in fp32 (one product over their union); every other row is provably below the floor, so it gets -inf. The argmax
 at every position is the full head's. Every row is still considered; only the arithmetic changes.
 
+**Top k.** Top-k sampling reads only each position's k best rows. With `top_k=k` the floor is the lowest of the k
+best approximate rows computed exactly, which is no higher than the true k-th best logit, so every row of the true
+top k (and every row tied with its k-th) survives with its exact logit: a top-k filter keeps the same rows, with the
+same values, as from the full head. On Gemma-3-270M, k = 64: survivors median 159, max 546.
+
 **Residual activation.** ĥ is quantized in two int8 rows per position, the second holding what the first missed
 (ĥ = s1·q1 + s2·q2), so ‖h − ĥ‖ is about 1/63 of one row's. The matmul reads the weights once whatever the row
 count, so the second row costs almost nothing, and the bound is then dominated by the weights' own quantization.
