@@ -238,15 +238,17 @@ def screened_logits(
         top_k: keep every row that can be among each position's `top_k` best (1: the argmax). The floor is then
             the k-th best of the k best approximate rows, computed exactly: no lower than the true k-th best, so
             every row of the true top k (ties at the k-th included) survives with its exact logit, and a top-k
-            filter (`TopKLogitsWarper`) keeps the same rows from these logits as from the full head's.
+            filter (`TopKLogitsWarper`) keeps the same rows from these logits as from the full head's. Above the
+            head's rows, every row is kept (as the filter keeps them).
 
     Returns:
         `(logits, result)`: `logits` of shape `(P, V)` hold the exact logits of the survivors and -inf elsewhere,
         or None when the full head must run (`result.fallback` says why).
     """
     positions = h.shape[0]
-    if not 1 <= top_k <= weight.shape[0]:
-        raise ValueError(f"top_k must be between 1 and the head's {weight.shape[0]} rows, got {top_k}.")
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}.")
+    top_k = min(top_k, weight.shape[0])  # as a top-k filter does
     if not bool(torch.isfinite(h).all()):
         return None, ScreenResult([], 0, "non-finite hidden state")
     q, scales, h_norm, miss = quantize_positions(h, residual)

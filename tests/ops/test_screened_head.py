@@ -279,7 +279,9 @@ def test_halving_the_bound_misses_a_top_k_row():
     assert not bool(torch.isfinite(logits[0, 0]))  # the true best row, screened out
 
 
-def test_top_k_must_fit_the_head():
+def test_top_k_above_the_head_keeps_every_row():
     weight = torch.randn(100, 32)
+    logits, result = screened_logits(torch.randn(2, 32), Int8Head.pack(weight), weight, top_k=101)
+    assert bool(torch.isfinite(logits).all()) and result.survivors == [100, 100]
     with pytest.raises(ValueError, match="top_k"):
-        screened_logits(torch.randn(1, 32), Int8Head.pack(weight), weight, top_k=101)
+        screened_logits(torch.randn(1, 32), Int8Head.pack(weight), weight, top_k=0)
