@@ -5,9 +5,9 @@
 1. The drafter's shortlist head (one position, `--hidden` wide, 4,096 / 16,384 / 32,768 rows): fp32 `F.linear`;
    fbgemm's int8 linear on a matrix packed once, and the packing itself (paid again whenever rows change); int8
    weights with fp32 activations without packing (`torch._weight_int8pack_mm`).
-2. The target's screened head (262,144 rows): the memory fbgemm's packed copy holds (RSS around packing), and the
-   integer product per position count, as packed, and with the columns past the last multiple of 512 folded
-   several rows to one 512-wide row (less padding, more activation rows).
+2. The target's screened head (262,144 rows): the memory fbgemm's packed copy holds (RSS around packing) and the
+   integer product per activation row count, packed whole (rows padded to a multiple of 512) and as the screen
+   packs it (`PackedRows`: the columns past the last multiple of 512 folded several rows to one).
 
 Random weights: the times depend on the shapes, not the values. Writes `--out`/draft_head_int8.json and prints
 markdown tables.
@@ -24,10 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from evospec_hf.ops.screened_head import _prepack, integer_rows_product
-
-BLOCK = 512  # fbgemm's inner-dimension block on AVX2: a row is padded to a multiple of it when packed
-
+from evospec_hf.ops.screened_head import PackedRows, _integer_product, _prepack
 
 def timed(fn, repeats: int) -> float:
     fn()
@@ -45,6 +42,7 @@ def rss_mb() -> float:
 
 
 def quantized(rows: int, width: int, generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random fp32 weights, their int8 values and per-row scales."""
     weight = torch.randn(rows, width, generator=generator) * 0.05
     scale = weight.abs().amax(dim=1) / 127
     return weight, torch.round(weight / scale[:, None]).to(torch.int8), scale
@@ -63,42 +61,30 @@ def main(argv=None) -> None:
     h = torch.randn(1, args.hidden, generator=g)
     for rows in (4096, 16384, 32768):
         weight, q, scale = quantized(rows, args.hidden, g)
-        packed = _prepack(q, scale)
+        packed = _prepack(q)
         report["drafter_head"][rows] = {
             "fp32 F.linear": timed(lambda: F.linear(h, weight), args.repeats),
             "int8 packed": timed(lambda: torch.ops.quantized.linear_dynamic(h, packed, True), args.repeats),
-            "packing": timed(lambda: _prepack(q, scale), 5),
+            "packing": timed(lambda: _prepack(q), 5),
             "int8 unpacked": timed(lambda: torch._weight_int8pack_mm(h, q, scale), args.repeats),
         }  # fmt: skip
 
-    main_width = args.hidden // BLOCK * BLOCK
-    tail = args.hidden - main_width
-    fold = BLOCK // tail if tail else 1
-    _, q, scale = quantized(args.vocab, args.hidden, g)
+    _, q, _ = quantized(args.vocab, args.hidden, g)
     before = rss_mb()
-    packed = _prepack(q, scale)
-    report["target_head"]["packed_mb"] = round(rss_mb() - before)
-    parts = []
-    if tail:
-        before = rss_mb()
-        if main_width:
-            parts.append((_prepack(q[:, :main_width].contiguous(), scale), 1))
-        folded = q[:, main_width:].reshape(fold, args.vocab // fold, tail).permute(1, 0, 2).reshape(-1, fold * tail)
-        parts.append((_prepack(folded.contiguous(), scale[: args.vocab // fold]), fold))
-        report["target_head"]["folded_mb"] = round(rss_mb() - before)
+    whole = _prepack(q)  # one packed matrix, each row padded to a multiple of 512
+    report["target_head"]["whole_mb"] = round(rss_mb() - before)
+    before = rss_mb()
+    folded = PackedRows(q)  # what the screen uses: the columns past 512 folded
+    report["target_head"]["folded_mb"] = round(rss_mb() - before)
+    report["target_head"]["fold"] = folded.fold
     del q
     times = {}
-    for positions in (1, 2, 4, 8):
-        x = torch.randint(-63, 64, (positions, args.hidden), generator=g).float()
-        times[positions] = {"as packed": timed(lambda: integer_rows_product(x, packed), args.repeats // 2)}
-        if parts:
-            # each position's tail goes in `fold` rows, one per slot of the folded row (zeros elsewhere)
-            spread = x.new_zeros(positions * fold, fold * tail)
-            for slot in range(fold):
-                spread[slot::fold, slot * tail : (slot + 1) * tail] = x[:, main_width:]
-            inputs = [x[:, :main_width]] * (len(parts) - 1) + [spread]
-            folded_run = lambda: [integer_rows_product(i, p) for i, (p, _) in zip(inputs, parts)]  # noqa: E731
-            times[positions]["folded"] = timed(folded_run, args.repeats // 2)
+    for count in (1, 2, 4, 8, 16):
+        x = torch.randint(-63, 64, (count, args.hidden), generator=g).float()
+        times[count] = {
+            "whole": timed(lambda: _integer_product(x, whole), args.repeats // 2),
+            "folded": timed(lambda: folded.product(x), args.repeats // 2),
+        }
     report["target_head"]["product_ms"] = times
 
     out = Path(args.out)
@@ -110,11 +96,11 @@ def main(argv=None) -> None:
         print(f"| {rows} | {t['fp32 F.linear']:.2f} | {t['int8 packed']:.2f} | {t['packing']:.1f} | "
               f"{t['int8 unpacked']:.2f} |")  # fmt: skip
     th = report["target_head"]
-    print(f"\ntarget head {args.vocab} x {args.hidden}: packed {th['packed_mb']} MB"
-          + (f", folded ({fold} rows of {tail} columns to one) {th['folded_mb']} MB" if tail else ""))  # fmt: skip
-    print("\n| positions | as packed ms | folded ms |\n|---:|---:|---:|")
-    for positions, t in times.items():
-        print(f"| {positions} | {t['as packed']:.1f} | {t.get('folded', float('nan')):.1f} |")
+    print(f"\ntarget head {args.vocab} x {args.hidden}: packed whole {th['whole_mb']} MB, "
+          f"folded ({th['fold']} row tails to one) {th['folded_mb']} MB")  # fmt: skip
+    print("\n| activation rows | whole ms | folded ms |\n|---:|---:|---:|")
+    for count, t in times.items():
+        print(f"| {count} | {t['whole']:.1f} | {t['folded']:.1f} |")
 
 
 if __name__ == "__main__":

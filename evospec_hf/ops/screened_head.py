@@ -24,14 +24,17 @@ translation, roleplay, word problem, retrieval QA, explanation; `benchmarks/scre
 position median 2, p90 8, p99 15, max 37; with one activation row, median 42, p90 406, p99 2,872, max 4,913.
 
 **The arithmetic is controlled, not trusted** (the bound must hold for what is actually computed):
-- The integer product is fbgemm's dynamic quantized linear, handed activations that are already integers: the
-  position rows hold integers in [-63, 63] and one extra row holds -63 and 64, so its per-tensor quantization
-  chooses scale 1 and zero point 63 and maps every value to itself. The 7-bit range (`reduce_range=True`) keeps
-  the u8 x s8 pair sums of CPUs without VNNI inside 16 bits. `Int8Head.pack` checks the machine first: products
-  of the extreme values must come back exact, or the screen is not used.
-- With integer inputs the only float operations are the row scale, the position scale, the bias and the bound's
-  own sums. They get a margin of 8 units in the last place of ‖ŵ‖·‖ĥ‖ and of |b|, and every factor of the bound is
-  rounded up.
+- The integer product is fbgemm's dynamic quantized linear on weights packed with unit scales, handed
+  activations that are already integers: the position rows hold integers in [-63, 63] and one extra row holds -63
+  and 64, so its per-tensor quantization chooses scale 1 and zero point 63 and maps every value to itself. It
+  returns the integer sums (exact in fp32 below 2**24). The 7-bit range (`reduce_range=True`) keeps the u8 x s8
+  pair sums of CPUs without VNNI inside 16 bits. `Int8Head.pack` checks the machine first: products of the extreme
+  values must come back exact, or the screen is not used.
+- fbgemm pads packed rows to a multiple of 512 values; the columns past 512 are folded four rows to one
+  (`PackedRows`), so Gemma's copy holds 171 MB instead of about 270 MB, and one position's product is faster.
+- With integer sums the only float operations are the row scale, the position scale, the residual row's sum, the
+  bias and the bound's own sums. They get a margin of 12 units in the last place of ‖ŵ‖·‖ĥ‖ (8 of |b|), and every
+  factor of the bound is rounded up.
 - The exact logits are fp32 dot products whose rounding depends on the order of the sum. The bound adds
   2·γ·‖w‖·‖h‖ (γ = 1.01·d·2⁻²⁴, the standard bound on a d-term fp32 dot product), so a row excluded here is below
   the floor whatever order the full head would sum in; the argmax is the full head's up to the same rounding
@@ -55,6 +58,8 @@ import torch.nn.functional as F
 from .softcap import softcap as apply_softcap
 
 ACTIVATION_MAX = 63  # |q| of the activation rows: a 7-bit range, exact on CPUs without VNNI (see above)
+BLOCK = 512  # fbgemm pads a packed int8 row to a multiple of this many values (AVX2 blocking)
+PRODUCT_MARGIN = 12  # units in the last place of ‖ŵ‖·‖ĥ‖ for the float steps after the integer sums
 UNIT = 2.0**-24  # fp32 unit roundoff
 ROUND_UP = 1 + 1e-6  # factors of the bound are rounded up by this much (far above fp32's relative rounding)
 
@@ -65,21 +70,67 @@ def _quantized_engine_ok() -> bool:
     )  # fmt: skip
 
 
-def _prepack(q: torch.Tensor, scales: torch.Tensor):
-    """fbgemm's packed int8 weight: `q` (V, d) int8, one fp32 scale per row."""
+def _prepack(q: torch.Tensor):
+    """fbgemm's packed int8 weight: `q` (V, d) int8 with unit scales, so the product returns the integer sums."""
     with warnings.catch_warnings():  # torch marks its quantized tensors as deprecated; the probe catches a removal
         warnings.simplefilter("ignore")
-        zeros = torch.zeros(q.shape[0], dtype=torch.long)
-        quantized = torch._make_per_channel_quantized_tensor(q, scales.double(), zeros, 0)
+        ones, zeros = torch.ones(q.shape[0], dtype=torch.float64), torch.zeros(q.shape[0], dtype=torch.long)
+        quantized = torch._make_per_channel_quantized_tensor(q, ones, zeros, 0)
         return torch.ops.quantized.linear_prepack(quantized, None)
 
 
-def integer_rows_product(rows: torch.Tensor, packed) -> torch.Tensor:
-    """`rows @ q.T * scales` for integer-valued `rows` (R, d) with |values| <= 63, through fbgemm, exactly up to the
-    final multiplication by each row's scale. Returns `(R, V)` fp32."""
+def _integer_product(rows: torch.Tensor, packed) -> torch.Tensor:
+    """`rows @ q.T` for integer-valued `rows` (R, d), |values| <= 63, through fbgemm: one extra row holding -63 and
+    64 makes its per-tensor activation quantization choose scale 1 and zero point 63, the identity."""
     span = rows.new_zeros(1, rows.shape[1])
-    span[0, 0], span[0, 1] = -ACTIVATION_MAX, ACTIVATION_MAX + 1  # forces scale 1, zero point 63: identity
+    span[0, 0], span[0, 1] = -ACTIVATION_MAX, ACTIVATION_MAX + 1
     return torch.ops.quantized.linear_dynamic(torch.cat([rows, span]), packed, True)[: rows.shape[0]]
+
+
+class PackedRows:
+    """`q` (V, d) int8 packed for fbgemm's integer product, without its padding.
+
+    fbgemm pads a packed row to a multiple of `BLOCK` (512) values: Gemma-3's 640 would hold 1,024. So the first
+    `BLOCK`-multiple columns are packed as they are, and the columns past them (128 for Gemma) are folded: `fold`
+    rows' tails side by side in one row of at most `BLOCK` (four for Gemma). A position's tail then goes in `fold`
+    activation rows, one per slot, zeros elsewhere. `product(rows)` is `rows @ q.T`, the integer sums as fp32
+    (exact below 2**24: |sum| <= 63·128·d, so for d up to 2,080).
+    """
+
+    def __init__(self, q: torch.Tensor):
+        self.rows, width = q.shape
+        self.main = width // BLOCK * BLOCK
+        self.tail = width - self.main
+        self.fold = BLOCK // self.tail if 0 < self.tail <= BLOCK // 2 else 1
+        if self.fold == 1:  # nothing to fold: packed whole
+            self.main, self.tail = width, 0
+        self.packed_main = _prepack(q[:, : self.main].contiguous()) if self.main else None
+        self.packed_tail = None
+        self.per_slot = -(-self.rows // self.fold)  # folded rows (head rows per slot)
+        if self.tail:
+            tails = q.new_zeros(self.fold * self.per_slot, self.tail)
+            tails[: self.rows] = q[:, self.main :]
+            folded = tails.view(self.fold, self.per_slot, self.tail).permute(1, 0, 2).reshape(self.per_slot, -1)
+            self.packed_tail = _prepack(folded.contiguous())
+        self.nbytes = self.rows * self.main + self.per_slot * self.fold * self.tail
+
+    def product(self, rows: torch.Tensor) -> torch.Tensor:
+        """`(R, d)` integer-valued rows -> `(R, V)` fp32 integer sums."""
+        out = _integer_product(rows[:, : self.main].contiguous(), self.packed_main) if self.main else None
+        if self.tail:
+            count = rows.shape[0]
+            spread = rows.new_zeros(count, self.fold, self.fold * self.tail)
+            for slot in range(self.fold):
+                spread[:, slot, slot * self.tail : (slot + 1) * self.tail] = rows[:, self.main :]
+            part = _integer_product(spread.view(count * self.fold, -1), self.packed_tail)
+            part = part.view(count, self.fold * self.per_slot)[:, : self.rows]
+            out = part if out is None else out.add_(part)  # integers below 2**24: the sum is exact
+        return out
+
+
+def integer_rows_product(rows: torch.Tensor, packed: PackedRows) -> torch.Tensor:
+    """`rows @ q.T` for integer-valued `rows` (R, d) with |values| <= 63: the exact integer sums, as fp32."""
+    return packed.product(rows)
 
 
 _probe_lock = threading.Lock()
@@ -109,8 +160,7 @@ def _probe() -> bool:
         weights[3, ::2] = -128
         rows = torch.tensor([63.0, -63.0, 1.0])[:, None].expand(3, d).clone()
         rows[2, ::2] = -63.0
-        packed = _prepack(weights, torch.ones(4))
-        got = integer_rows_product(rows, packed).double()
+        got = integer_rows_product(rows, PackedRows(weights)).double()  # 512 columns packed, 128 folded
         want = rows.double() @ weights.double().T
         return bool(torch.equal(got, want))
     except Exception:  # quantized ops missing (a build without fbgemm, or removed in a later torch)
@@ -121,7 +171,8 @@ class Int8Head:
     """A head's int8 copy and the per-row factors of the bound. Built by `pack`; read-only afterwards.
 
     Attributes:
-        packed: fbgemm's packed weight, `(V, d)` int8 with one scale per row (what the screen reads).
+        packed (`PackedRows`): the `(V, d)` int8 rows, packed for fbgemm (what the screen reads).
+        scales (`torch.FloatTensor` of shape `(V,)`): each row's scale (ŵ = scale·q).
         weight_error (`torch.FloatTensor` of shape `(V,)`): ‖w − ŵ‖ + 2γ‖w‖, rounded up.
         weight_norm (`torch.FloatTensor` of shape `(V,)`): ‖ŵ‖, rounded up.
         bias_margin (`torch.FloatTensor` of shape `(V,)` or None): the rounding margin of a bias.
@@ -129,8 +180,8 @@ class Int8Head:
         key: what the copy was made from (the weight's storage and version); `matches` compares it.
     """
 
-    def __init__(self, packed, weight_error, weight_norm, bias_margin, nbytes, key):
-        self.packed, self.weight_error, self.weight_norm = packed, weight_error, weight_norm
+    def __init__(self, packed, scales, weight_error, weight_norm, bias_margin, nbytes, key):
+        self.packed, self.scales, self.weight_error, self.weight_norm = packed, scales, weight_error, weight_norm
         self.bias_margin, self.nbytes, self.key = bias_margin, nbytes, key
 
     @staticmethod
@@ -168,13 +219,13 @@ class Int8Head:
             norms[part] = w_hat.norm(dim=1)
             errors[part] = w_hat.sub_(w64).norm(dim=1).add_(2 * gamma * w64.norm(dim=1))
             del w_hat, w64
-        packed = _prepack(q, scales)
+        packed = PackedRows(q)
         del q
         weight_error = (errors * ROUND_UP).float()
         weight_norm = (norms * ROUND_UP).float()
         bias_margin = None if bias is None else (bias.double().abs() * (8 * UNIT) * ROUND_UP).float()
-        nbytes = rows * (d + 4 * 3) + (0 if bias is None else 4 * rows)
-        return cls(packed, weight_error, weight_norm, bias_margin, nbytes, key)
+        nbytes = packed.nbytes + 4 * 3 * rows + (0 if bias is None else 4 * rows)
+        return cls(packed, scales, weight_error, weight_norm, bias_margin, nbytes, key)
 
 
 def quantize_positions(
@@ -252,8 +303,8 @@ def screened_logits(
     if not bool(torch.isfinite(h).all()):
         return None, ScreenResult([], 0, "non-finite hidden state")
     q, scales, h_norm, miss = quantize_positions(h, residual)
-    # ŵ·ĥ for every row: the integer products times the row scale (fbgemm), times each position's scales
-    products = integer_rows_product(q, head.packed)
+    # ŵ·ĥ for every row: the integer sums times the row scale, times each position's scales
+    products = integer_rows_product(q, head.packed).mul_(head.scales)
     approx = products[:positions].mul_(scales[:positions, None])
     if residual:
         approx.add_(products[positions:] * scales[positions:, None])
@@ -272,7 +323,7 @@ def screened_logits(
     floor = (floor.double() - floor_slack * ROUND_UP).amin(dim=1).float()
     # the bound, per (position, row): ‖w − ŵ‖·‖h‖ + ‖ŵ‖·(‖h − ĥ‖ + float margin of ŵ·ĥ) (+ the bias's margin)
     h_hat_norm = h_norm + miss
-    activation_term = ((miss + 8 * UNIT * h_hat_norm) * ROUND_UP).float()
+    activation_term = ((miss + PRODUCT_MARGIN * UNIT * h_hat_norm) * ROUND_UP).float()
     upper = approx.addcmul_((h_norm * ROUND_UP).float()[:, None], head.weight_error[None, :])
     upper.addcmul_(activation_term[:, None], head.weight_norm[None, :])
     if head.bias_margin is not None:

@@ -7,7 +7,9 @@ import torch.nn.functional as F
 from transformers import TopKLogitsWarper
 
 from evospec_hf.ops import screened_head
-from evospec_hf.ops.screened_head import Int8Head, integer_product_is_exact, quantize_positions, screened_logits
+from evospec_hf.ops.screened_head import (
+    Int8Head, PackedRows, integer_product_is_exact, quantize_positions, screened_logits,
+)  # fmt: skip
 
 pytestmark = pytest.mark.skipif(not integer_product_is_exact(), reason="no exact int8 product on this machine")
 
@@ -285,3 +287,20 @@ def test_top_k_above_the_head_keeps_every_row():
     assert bool(torch.isfinite(logits).all()) and result.survivors == [100, 100]
     with pytest.raises(ValueError, match="top_k"):
         screened_logits(torch.randn(1, 32), Int8Head.pack(weight), weight, top_k=0)
+
+
+@pytest.mark.parametrize(
+    ("rows", "width", "fold"),
+    [(1003, 640, 4), (1000, 77, 6), (999, 1024, 1), (500, 900, 1), (257, 32, 16), (64, 768, 2)],
+)
+def test_packed_rows_return_the_exact_integer_sums(rows, width, fold):
+    """The columns past the last multiple of 512 are folded several rows to one: the sums stay exact, for head row
+    counts that do not divide by the fold, and at the extremes of both ranges."""
+    g = torch.Generator().manual_seed(rows + width)
+    q = torch.randint(-128, 128, (rows, width), generator=g, dtype=torch.int8)
+    q[0], q[1] = -128, 127
+    x = torch.randint(-63, 64, (5, width), generator=g).float()
+    x[0], x[1] = 63.0, -63.0
+    packed = PackedRows(q)
+    assert packed.fold == fold
+    assert torch.equal(packed.product(x).double(), x.double() @ q.double().T)
