@@ -93,8 +93,9 @@ class PackedRows:
     fbgemm pads a packed row to a multiple of `BLOCK` (512) values: Gemma-3's 640 would hold 1,024. So the first
     `BLOCK`-multiple columns are packed as they are, and the columns past them (128 for Gemma) are folded: `fold`
     rows' tails side by side in one row of at most `BLOCK` (four for Gemma). A position's tail then goes in `fold`
-    activation rows, one per slot, zeros elsewhere. `product(rows)` is `rows @ q.T`, the integer sums as fp32
-    (exact below 2**24: |sum| <= 63·128·d, so for d up to 2,080).
+    activation rows, one per slot, zeros elsewhere. `product(rows)` is `rows @ q.T`, the integer sums as fp32:
+    exact below 2**24 (|sum| <= 63·128·d, so for d up to 2,080); wider heads round by a relative ulp per step,
+    which the bound's float margin covers.
     """
 
     def __init__(self, q: torch.Tensor):
@@ -124,7 +125,7 @@ class PackedRows:
                 spread[:, slot, slot * self.tail : (slot + 1) * self.tail] = rows[:, self.main :]
             part = _integer_product(spread.view(count * self.fold, -1), self.packed_tail)
             part = part.view(count, self.fold * self.per_slot)[:, : self.rows]
-            out = part if out is None else out.add_(part)  # integers below 2**24: the sum is exact
+            out = part if out is None else out.add_(part)  # exact for integers below 2**24
         return out
 
 
