@@ -25,6 +25,7 @@ SHORTLIST_MODES = ("full",) + SHORTLIST_SOURCES + ("evospec",)
 HEAD_BACKENDS = ("auto", "torch", "triton")
 DRAFT_SCHEDULES = ("constant", "heuristic", "cost")
 SCREEN_HEAD_MODES = ("auto", "on", "off")
+BATCH_ALIGNMENTS = ("ragged", "min")
 LOSSY_ACCEPTANCE = ("adasd-js",)  # opt-in acceptance rules that change the output
 
 
@@ -343,6 +344,18 @@ class EvoSpecConfig(JsonConfigMixin):
         },
     )
 
+    batch_alignment: str = field(
+        default="ragged",
+        metadata={
+            "help": (
+                "A batched call (several left-padded prompts; evospec_hf/generation/batched.py): 'ragged' lets each "
+                "row keep every draft it accepted, moving the rows that accepted fewer one place right per token "
+                "(more left padding); 'min' keeps, in every row, only as many as the row that accepted fewest (the "
+                "simple way, measured against 'ragged' by the bench's `--batch-sizes`). Both are exact."
+            )
+        },
+    )
+
     def __post_init__(self):
         self.validate()
 
@@ -376,6 +389,7 @@ class EvoSpecConfig(JsonConfigMixin):
         check_choice("draft_schedule", self.draft_schedule, DRAFT_SCHEDULES)
         check_choice("head_backend", self.head_backend, HEAD_BACKENDS)
         check_choice("screen_head", self.screen_head, SCREEN_HEAD_MODES)
+        check_choice("batch_alignment", self.batch_alignment, BATCH_ALIGNMENTS)
         check_number("confidence_threshold", self.confidence_threshold, above=0, below=1, optional=True)
         check_bool("fast_verify_head", self.fast_verify_head)
         check_bool("entropy_stop", self.entropy_stop)

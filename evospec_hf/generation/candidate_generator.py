@@ -226,6 +226,11 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
         for observer in self.observers:
             observer.verified(result)
 
+    def verification_started(self, since: float) -> None:
+        """The batched loop (`batched.py`): this row's drafts went to the target at `since` (`time.perf_counter()`),
+        after the other rows drafted, not when `get_candidates` returned."""
+        self._handed_over = since
+
     def close(self) -> None:
         """Called once the `generate` call is over: releases the sources' state and hands the session's adapter back
         (finishing any update). Closing again does nothing."""
@@ -282,8 +287,9 @@ class _LearnerFeedback:
 def _check_pair(input_ids: torch.LongTensor, drafter, target_vocab_size: int) -> None:
     if input_ids.shape[0] != 1:
         raise ValueError(
-            f"evospec_hf drafts for one sequence at a time, but got a batch of {input_ids.shape[0]} "
-            "(transformers' assisted decoding has the same limit). Call generate once per prompt."
+            f"EvoSpecCandidateGenerator drafts for one row, but got a batch of {input_ids.shape[0]}. Batches go "
+            "through evospec_hf's batched loop (evospec_hf/generation/batched.py), which `generate` and "
+            "`custom_generate` choose for them; transformers' own assisted loop takes one row."
         )
     if drafter.config.is_encoder_decoder:
         raise ValueError("evospec_hf needs a decoder-only drafter (a causal LM).")

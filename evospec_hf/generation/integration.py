@@ -27,12 +27,15 @@ import threading
 import weakref
 from types import SimpleNamespace
 
-from transformers import GenerationMixin, StoppingCriteriaList, TemperatureLogitsWarper, TopKLogitsWarper
+import torch
+
+from transformers import GenerationMixin, LogitsProcessorList, StoppingCriteriaList, TemperatureLogitsWarper, TopKLogitsWarper
 
 from ..config import EvoSpecConfig
 from ..evolve.session import EvoSpecSession, drafter_lock
 from ..ops.calibration import machine_costs, save_machine_costs
 from ..ops.verify_head import HeadScreen, columns_verify_head
+from .batched import SCORES_ONLY, batched_assisted_decoding
 from .candidate_generator import EvoSpecCandidateGenerator
 from .stats import DraftStats
 
@@ -86,24 +89,7 @@ def evospec_drafting(
         generation_config, input_ids, inputs_tensor, logits_processor, model_kwargs,
         assistant_model=None, target_tokenizer=None, assistant_tokenizer=None,
     ):  # fmt: skip
-        if assistant_model is None:
-            raise ValueError("`evospec_config` needs a drafter: pass `assistant_model=` (or `drafter=`).")
-        if assistant_tokenizer is not None:
-            raise ValueError(
-                "evospec_hf needs a drafter that shares the target's tokenizer; drop `assistant_tokenizer` "
-                "(and `evospec_config` if the tokenizers really differ)."
-            )
-        if generation_config.num_beams > 1 or generation_config.num_return_sequences > 1:
-            raise ValueError(
-                "evospec_hf supports num_beams=1 and num_return_sequences=1 only, got "
-                f"num_beams={generation_config.num_beams}, "
-                f"num_return_sequences={generation_config.num_return_sequences}."
-            )
-        for name in ("prompt_lookup_num_tokens", "assistant_early_exit"):
-            if getattr(generation_config, name, None) is not None:
-                raise ValueError(
-                    f"`{name}` selects another drafting strategy; it cannot be combined with `evospec_config`."
-                )
+        check_request(generation_config, assistant_model, assistant_tokenizer)
         criteria = prepared_criteria
         if criteria is None:  # the criteria `generate` built for this call: the same merge of config and user's
             criteria = model._get_stopping_criteria(
@@ -195,6 +181,97 @@ def check_arguments(evospec_config, stats, session) -> None:
         )
 
 
+def check_request(generation_config, drafter, assistant_tokenizer=None) -> None:
+    """Clear errors for generation flags evospec_hf cannot draft for."""
+    if drafter is None:
+        raise ValueError("`evospec_config` needs a drafter: pass `assistant_model=` (or `drafter=`).")
+    if assistant_tokenizer is not None:
+        raise ValueError(
+            "evospec_hf needs a drafter that shares the target's tokenizer; drop `assistant_tokenizer` "
+            "(and `evospec_config` if the tokenizers really differ)."
+        )
+    if generation_config.num_beams > 1 or generation_config.num_return_sequences > 1:
+        raise ValueError(
+            "evospec_hf supports num_beams=1 and num_return_sequences=1 only, got "
+            f"num_beams={generation_config.num_beams}, "
+            f"num_return_sequences={generation_config.num_return_sequences}."
+        )
+    for name in ("prompt_lookup_num_tokens", "assistant_early_exit"):
+        if getattr(generation_config, name, None) is not None:
+            raise ValueError(
+                f"`{name}` selects another drafting strategy; it cannot be combined with `evospec_config`."
+            )
+
+
+def batched_generate(
+    model,
+    input_ids,
+    logits_processor,
+    stopping_criteria,
+    generation_config,
+    drafter,
+    evospec_config: EvoSpecConfig,
+    stats: DraftStats | None = None,
+    session: EvoSpecSession | None = None,
+    **model_kwargs,
+):
+    """Speculative decoding of a left-padded batch (`batched.py`): one candidate generator per row, one batched
+    verification per round. Reached through both entry points when the batch has more than one row.
+
+    `stats` receives the totals over the rows (`verify_seconds`: the batched verifications' wall time) and each
+    row's own `DraftStats` in `stats.rows`.
+    """
+    check_arguments(evospec_config, stats, session)
+    check_request(generation_config, drafter)
+    if session is not None:
+        raise ValueError(
+            "an EvoSpecSession learns from one sequence at a time, but this call has a batch of "
+            f"{input_ids.shape[0]}. Drop `evospec_session` for batched calls (the drafter then drafts with the "
+            "weights it has), or call generate once per prompt with the session."
+        )
+    if evospec_config.lossy_acceptance is not None:
+        raise ValueError("`lossy_acceptance` is not supported for a batch; call generate once per prompt.")
+    if model.config.is_encoder_decoder:
+        raise ValueError("evospec_hf needs a decoder-only target (a causal LM).")
+    target_head = model.get_output_embeddings()
+    target_vocab_size = (
+        target_head.weight.shape[0] if target_head is not None else model.config.get_text_config().vocab_size
+    )
+    # a batched round costs more than one row's: the rows' draft length rules share a table of their own
+    verify_seconds = dict(machine_costs(model, "verify_seconds"))
+
+    # a row drafts alone, so its drafts get the scores-only warpers (temperature, top-k, ...): the call's other
+    # processors may keep state per row of the batch; they act where it counts, in the batched verification
+    draft_processors = LogitsProcessorList([p for p in logits_processor or [] if isinstance(p, SCORES_ONLY)])
+
+    def new_generator(row_ids, row_stats):
+        return EvoSpecCandidateGenerator(
+            input_ids=row_ids, assistant_model=drafter, generation_config=generation_config, model_kwargs={},
+            evospec_config=evospec_config, target_vocab_size=target_vocab_size, logits_processor=draft_processors,
+            stats=row_stats, verify_seconds=verify_seconds, stopping_criteria=stopping_criteria, target=model,
+        )  # fmt: skip
+
+    use_screen = evospec_config.fast_verify_head and evospec_config.screen_head != "off"
+    screen = HeadScreen(mode=evospec_config.screen_head) if use_screen else None
+    with drafter_lock(drafter).shared():
+        with columns_verify_head(model, screen) if evospec_config.fast_verify_head else contextlib.nullcontext():
+            if screen is not None:
+                screen.top_k, _ = screen_plan(generation_config, logits_processor)
+                screen.enabled = screen.top_k > 0
+            try:
+                sequences, row_stats, seconds = batched_assisted_decoding(
+                    model, input_ids, logits_processor, stopping_criteria, generation_config, new_generator,
+                    model_kwargs, alignment=evospec_config.batch_alignment,
+                )  # fmt: skip
+            finally:
+                if stats is not None and screen is not None:
+                    stats.add_screen(screen)
+                save_machine_costs()
+    if stats is not None:
+        stats.add_rows(row_stats, seconds)
+    return sequences
+
+
 # -- routing transformers' `_get_candidate_generator` to the calling thread's evospec_hf block ----------------------
 # transformers' loop asks `model._get_candidate_generator(...)` for its drafter. While any thread holds an
 # `evospec_drafting` block on a model, that method is shadowed on the instance by a dispatcher: a thread inside a
@@ -275,6 +352,13 @@ def generate(
         return _original_generate(self, *args, **kwargs)
     if kwargs.get("assistant_model") is None:
         raise ValueError("`evospec_config` needs a drafter: pass `assistant_model=<drafter model>`.")
+    if _batch_size(args, kwargs) > 1:  # transformers' assisted loop takes one row: the batch takes evospec_hf's own
+        if kwargs.get("streamer") is not None:
+            raise ValueError("a streamer follows one sequence; pass one prompt, or drop `streamer` for a batch.")
+        return _original_generate(
+            self, *args, custom_generate=custom_generate, drafter=kwargs.pop("assistant_model"),
+            evospec_config=evospec_config, evospec_stats=evospec_stats, evospec_session=evospec_session, **kwargs,
+        )  # fmt: skip
     with evospec_drafting(
         self, evospec_config, evospec_stats, evospec_session, stopping_criteria=kwargs.get("stopping_criteria")
     ) as drafting:
@@ -289,6 +373,14 @@ def generate(
 
 
 generate.__evospec_original__ = _original_generate
+
+
+def _batch_size(args, kwargs) -> int:
+    """The batch size of a `generate` call's inputs (1 if it cannot tell)."""
+    for value in (args[0] if args else None, kwargs.get("inputs"), kwargs.get("input_ids"), kwargs.get("inputs_embeds")):
+        if isinstance(value, torch.Tensor) and value.dim() >= 2:
+            return value.shape[0]
+    return 1
 
 
 _enabled = True  # False after `uninstall()` while another library's wrapper still calls ours
@@ -345,6 +437,11 @@ def custom_generate(
     if drafter is None:
         raise ValueError("`custom_generate=evospec_hf.custom_generate` needs the drafter as `drafter=`.")
     evospec_config = evospec_config if evospec_config is not None else EvoSpecConfig()
+    if input_ids.shape[0] > 1:
+        return batched_generate(
+            model, input_ids, logits_processor, stopping_criteria, generation_config, drafter, evospec_config,
+            evospec_stats, evospec_session, **model_kwargs,
+        )  # fmt: skip
     if model._is_stateful:
         raise ValueError(f"speculative decoding cannot roll back a stateful model such as {type(model).__name__}.")
     with evospec_drafting(model, evospec_config, evospec_stats, evospec_session, prepared_criteria=stopping_criteria):

@@ -37,6 +37,8 @@ class DraftStats:
             (`EvoSpecConfig.screen_head`), and the positions they verified; screen_survivors: rows rescored exactly
             per screened position, in order; screen_fallbacks: screened calls that ran the full head after all;
             screen_full_calls: head calls run in full (screen not allowed, or measured slower for that row count).
+        rows: for a batched call, each row's own `DraftStats` (the fields above are then totals over the rows,
+            except `verify_seconds`: the wall time of the batched verifications, which every row shared).
         On CUDA these are host times: kernels still running are not waited for.
     """
 
@@ -65,6 +67,7 @@ class DraftStats:
     screen_survivors: list = field(default_factory=list)
     screen_fallbacks: int = 0
     screen_full_calls: int = 0
+    rows: list = field(default_factory=list)
 
     @property
     def mean_accepted_length(self) -> float:
@@ -101,6 +104,19 @@ class DraftStats:
         self.screen_survivors.extend(screen.survivors)
         self.screen_fallbacks += screen.fallbacks
         self.screen_full_calls += screen.full_calls
+
+    def add_rows(self, rows: list["DraftStats"], verify_seconds: float) -> None:
+        """Adds a batched call: its rows' own stats (kept in `rows`), summed, and the batch's verification time."""
+        for row in rows:
+            for name, value in vars(row).items():
+                if name in ("rows", "verify_seconds"):
+                    continue
+                if isinstance(value, list):
+                    getattr(self, name).extend(value)
+                else:
+                    setattr(self, name, getattr(self, name) + value)
+        self.verify_seconds += verify_seconds
+        self.rows.extend(rows)
 
     # -- as a round observer of the candidate generator ------------------------------------------------------------
     def handed_over(self, draft: Draft) -> None:

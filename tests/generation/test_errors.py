@@ -34,11 +34,6 @@ def test_different_vocabularies(target):
         target.generate(PROMPT, max_new_tokens=3, assistant_model=padded, evospec_config=EvoSpecConfig())
 
 
-def test_batch_larger_than_one(target, drafter):
-    with pytest.raises(ValueError, match="one sequence at a time"):
-        target.generate(PROMPT.repeat(2, 1), max_new_tokens=3, assistant_model=drafter, evospec_config=EvoSpecConfig())
-
-
 def test_shortlist_larger_than_vocabulary(target, drafter):
     with pytest.raises(ValueError, match="larger than the drafter's vocabulary"):
         target.generate(

@@ -40,8 +40,8 @@ def chi_square_p_value(counts: dict, expected_probs: dict, num_samples: int) -> 
     return float(torch.special.gammaincc(dof, torch.tensor(stat / 2, dtype=torch.float64)))
 
 
-def two_token_distribution(model, allowed=None) -> dict:
-    """Exact P(first two generated tokens) of `model` at TEMPERATURE (EOS ends the sequence).
+def two_token_distribution(model, allowed=None, prompt=PROMPT) -> dict:
+    """Exact P(first two generated tokens) of `model` after `prompt` at TEMPERATURE (EOS ends the sequence).
 
     With `allowed`, each step's distribution is renormalised on those ids (the uncorrected-shortlist failure)."""
 
@@ -53,12 +53,12 @@ def two_token_distribution(model, allowed=None) -> dict:
         return logits.softmax(-1)
 
     probs = {}
-    first = step(PROMPT)
+    first = step(prompt)
     for a in range(VOCAB):
         if a == EOS:
             probs[(a,)] = float(first[a])
             continue
-        second = step(torch.cat([PROMPT, torch.tensor([[a]])], dim=1))
+        second = step(torch.cat([prompt, torch.tensor([[a]])], dim=1))
         for b in range(VOCAB):
             probs[(a, b)] = float(first[a] * second[b])
     return probs
