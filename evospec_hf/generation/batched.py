@@ -111,6 +111,47 @@ def check_cache(cache) -> None:
         )
 
 
+class BatchCosts:
+    """What a batched verification costs, for the rows' "cost" draft length rules.
+
+    One row's verification is nearly free per extra position (the head's weights are read once, memory-bound),
+    but a batch's many positions make the target's forward compute-bound: each position a row drafts costs about
+    as much as any other row's. So the rounds' `(positions, seconds)` are fitted as `fixed + per_position *
+    positions` (least squares, older rounds decayed), and each row's rule reads `table`: `{k: fixed / rows +
+    per_position * (k + 1)}`, its own positions and its share of the rest. The single-row calibration table
+    (`calibrate`) is the prior until the batch's own rounds outweigh it.
+    """
+
+    def __init__(self, prior: dict, rows: int, max_draft: int, decay: float = 0.9):
+        self.rows, self.max_draft, self.decay = rows, max_draft, decay
+        self.sums = [0.0] * 5  # weight, positions, seconds, positions^2, positions*seconds
+        self.table: dict = {}  # read by every row's rule (the same dict)
+        for k, seconds in prior.items():
+            self._add(int(k) + 1, float(seconds))
+        if prior:
+            self._refit()
+
+    def observe(self, positions: int, seconds: float, rows: int) -> None:
+        self.sums = [self.decay * total for total in self.sums]
+        self._add(positions, seconds)
+        self.rows = rows
+        self._refit()
+
+    def _add(self, positions: int, seconds: float) -> None:
+        for i, value in enumerate((1.0, positions, seconds, positions * positions, positions * seconds)):
+            self.sums[i] += value
+
+    def _refit(self) -> None:
+        weight, p, t, pp, pt = self.sums
+        mean_p, mean_t = p / weight, t / weight
+        variance = pp / weight - mean_p**2
+        per_position = (pt / weight - mean_p * mean_t) / variance if variance > 1e-9 else 0.0
+        if per_position <= 0:  # one size seen so far, or noise: all of it per position
+            per_position = mean_t / mean_p
+        fixed = max(0.0, mean_t - per_position * mean_p)
+        self.table.update({k: fixed / self.rows + per_position * (k + 1) for k in range(1, self.max_draft + 1)})
+
+
 @dataclass
 class _Row:
     """One prompt of the batch while it generates."""
@@ -138,6 +179,8 @@ def batched_assisted_decoding(
     new_generator,
     model_kwargs: dict,
     alignment: str = "ragged",
+    costs: BatchCosts | None = None,
+    screen=None,
 ) -> tuple[torch.LongTensor | GenerateDecoderOnlyOutput, list[DraftStats], float]:
     """Speculative decoding of a left-padded batch (see the module docstring).
 
@@ -145,6 +188,8 @@ def batched_assisted_decoding(
         new_generator: `(row_ids (1, n), row_stats) -> EvoSpecCandidateGenerator` for one row.
         model_kwargs: what transformers prepared (`attention_mask`, `past_key_values`, `use_cache`, ...).
         alignment: "ragged" (each row keeps what it accepted) or "min" (every row keeps the fewest any row accepted).
+        costs: the rows' shared verification costs, updated after every round (None: not kept).
+        screen: the call's `HeadScreen` (`ops/verify_head.py`), told which positions of each forward are read.
 
     Returns:
         the sequences as plain `generate` returns them (rows padded after they end), each row's `DraftStats`, and
@@ -176,10 +221,12 @@ def batched_assisted_decoding(
             generator.max_length = limit  # its room to draft, counted on the row without padding
             rows.append(_Row(i, input_ids[i : i + 1], pad, tokens, pad, limit, generator, stats))
         verify_seconds = _loop(model, input_ids, rows, cache, extra, processors, criteria, eos, filler,
-                               generation_config.do_sample, alignment)  # fmt: skip
+                               generation_config.do_sample, alignment, costs, screen)  # fmt: skip
     finally:
         for row in rows:
             row.generator.close()
+        if screen is not None:
+            screen.rows_read = None
 
     longest = max(len(row.generated) for row in rows)
     fill = filler if pad_id is None else int(pad_id)
@@ -195,7 +242,8 @@ def batched_assisted_decoding(
     return sequences, [row.stats for row in rows], verify_seconds
 
 
-def _loop(model, input_ids, rows: list[_Row], cache, extra, processors, criteria, eos, filler, do_sample, alignment) -> float:
+def _loop(model, input_ids, rows: list[_Row], cache, extra, processors, criteria, eos, filler, do_sample, alignment,
+          costs, screen) -> float:  # fmt: skip
     verify_seconds = 0.0
     active = list(rows)
     cached = 0  # positions of the batch layout held in the cache: all but the last token
@@ -222,6 +270,9 @@ def _loop(model, input_ids, rows: list[_Row], cache, extra, processors, criteria
             ids[r, length : length + len(draft)] = draft
             mask[r, : row.pad] = 0
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        if screen is not None:  # the head skips the padding after shorter drafts: nobody reads its logits
+            lengths = torch.tensor([len(d) for d in drafts])
+            screen.rows_read = (torch.arange(width + 1)[None, :] <= lengths[:, None]).flatten()
         model_inputs = model.prepare_inputs_for_generation(
             ids, next_sequence_length=None if first else ids.shape[1] - cached, past_key_values=cache,
             attention_mask=mask, position_ids=positions, use_cache=True, is_first_iteration=first, **extra,
@@ -270,7 +321,10 @@ def _loop(model, input_ids, rows: list[_Row], cache, extra, processors, criteria
             )
             if not row.done:
                 keep.append(r)
-        verify_seconds += time.perf_counter() - began
+        elapsed = time.perf_counter() - began
+        verify_seconds += elapsed
+        if costs is not None and not first:  # the first forward also reads the prompts
+            costs.observe(sum(len(d) + 1 for d in drafts), elapsed, len(active))
         cached = length + longest - 1
         first = False
         if len(keep) < len(active):

@@ -62,6 +62,8 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
         stopping_criteria (`StoppingCriteriaList`, *optional*): the call's prepared criteria; drafts are cut where
             one would fire.
         target (`PreTrainedModel`, *optional*): the target, for `intermediate_verifier` (HiSpec).
+        measures_verification (`bool`): the draft length rule records each round's verification time in
+            `verify_seconds` (False: the caller keeps that table, as the batched loop does for its rows).
     """
 
     def __init__(
@@ -79,6 +81,7 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
         verify_seconds: dict | None = None,
         stopping_criteria=None,
         target=None,
+        measures_verification: bool = True,
     ):
         _check_pair(input_ids, assistant_model, target_vocab_size)
         self.acceptance = None  # LOSSY acceptance (opt-in): joins the call's own processors, which verify
@@ -140,7 +143,7 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
             # transformers' loop then hands `get_candidates` its last forward's outputs, with these hidden states
             self.requires_model_outputs = True
             self.model_kwargs_overrides = self.drafter.model_kwargs_overrides
-        self.length = draft_length_rule(evospec_config, verify_seconds)
+        self.length = draft_length_rule(evospec_config, verify_seconds, measures_verification)
         if evospec_config.entropy_stop:  # the rule decides, token by token, where the drafter's round ends
             self.drafter.entropy_gate = self.length.keep_drafting
         self.stop = StopCheck(stopping_criteria)

@@ -35,7 +35,7 @@ from ..config import EvoSpecConfig
 from ..evolve.session import EvoSpecSession, drafter_lock
 from ..ops.calibration import machine_costs, save_machine_costs
 from ..ops.verify_head import HeadScreen, columns_verify_head
-from .batched import SCORES_ONLY, batched_assisted_decoding
+from .batched import SCORES_ONLY, BatchCosts, batched_assisted_decoding
 from .candidate_generator import EvoSpecCandidateGenerator
 from .stats import DraftStats
 
@@ -237,8 +237,9 @@ def batched_generate(
     target_vocab_size = (
         target_head.weight.shape[0] if target_head is not None else model.config.get_text_config().vocab_size
     )
-    # a batched round costs more than one row's: the rows' draft length rules share a table of their own
-    verify_seconds = dict(machine_costs(model, "verify_seconds"))
+    # a batched round costs more than one row's: the rows' draft length rules share a table the loop keeps
+    costs = BatchCosts(machine_costs(model, "verify_seconds"), input_ids.shape[0],
+                       max(evospec_config.max_draft_tokens, evospec_config.lookup_tokens))  # fmt: skip
 
     # a row drafts alone, so its drafts get the scores-only warpers (temperature, top-k, ...): the call's other
     # processors may keep state per row of the batch; they act where it counts, in the batched verification
@@ -248,23 +249,25 @@ def batched_generate(
         return EvoSpecCandidateGenerator(
             input_ids=row_ids, assistant_model=drafter, generation_config=generation_config, model_kwargs={},
             evospec_config=evospec_config, target_vocab_size=target_vocab_size, logits_processor=draft_processors,
-            stats=row_stats, verify_seconds=verify_seconds, stopping_criteria=stopping_criteria, target=model,
+            stats=row_stats, verify_seconds=costs.table, stopping_criteria=stopping_criteria, target=model,
+            measures_verification=False,
         )  # fmt: skip
 
+    # a screen object even with screen_head="off" (then never enabled): it tells the head which positions are read
+    screen = HeadScreen(mode=evospec_config.screen_head)
     use_screen = evospec_config.fast_verify_head and evospec_config.screen_head != "off"
-    screen = HeadScreen(mode=evospec_config.screen_head) if use_screen else None
     with drafter_lock(drafter).shared():
         with columns_verify_head(model, screen) if evospec_config.fast_verify_head else contextlib.nullcontext():
-            if screen is not None:
+            if use_screen:
                 screen.top_k, _ = screen_plan(generation_config, logits_processor)
                 screen.enabled = screen.top_k > 0
             try:
                 sequences, row_stats, seconds = batched_assisted_decoding(
                     model, input_ids, logits_processor, stopping_criteria, generation_config, new_generator,
-                    model_kwargs, alignment=evospec_config.batch_alignment,
+                    model_kwargs, alignment=evospec_config.batch_alignment, costs=costs, screen=screen,
                 )  # fmt: skip
             finally:
-                if stats is not None and screen is not None:
+                if stats is not None:
                     stats.add_screen(screen)
                 save_machine_costs()
     if stats is not None:

@@ -66,12 +66,13 @@ def source_limits(config) -> dict:
     }
 
 
-def draft_length_rule(config, verify_seconds: dict | None = None) -> DraftLength:
+def draft_length_rule(config, verify_seconds: dict | None = None, measures_verification: bool = True) -> DraftLength:
     """The rule `config.draft_schedule` names (inside an `EntropyStop` with `config.entropy_stop`).
-    `verify_seconds`: the target's `{k: seconds}` table for "cost"."""
+    `verify_seconds`: the target's `{k: seconds}` table for "cost"; `measures_verification=False`: the caller keeps
+    that table (the batched loop), the rule only reads it."""
     limits = source_limits(config)
     if config.draft_schedule == "cost":
-        rule = CostAwareLength(verify_seconds, limits=limits)
+        rule = CostAwareLength(verify_seconds, limits=limits, measures_verification=measures_verification)
     elif config.draft_schedule == "heuristic":
         rule = HeuristicLength(limits)
     else:
@@ -134,6 +135,8 @@ class CostAwareLength:
         decay: weight of the past in the acceptance counts, per round of the same source.
         smoothing: weight of the past in the moving averages of seconds.
         limits: `{source: (start, upper)}`, for `length`.
+        measures_verification: record each verified round's time in `verify_seconds` (False: someone else keeps
+            the table, e.g. the batched loop, where a round's verification is shared by all rows).
     """
 
     def __init__(
@@ -142,8 +145,10 @@ class CostAwareLength:
         decay: float = 0.9,
         smoothing: float = 0.7,
         limits: dict | None = None,
+        measures_verification: bool = True,
     ):
         self.limits = limits or {}
+        self.measures_verification = measures_verification
         self.verify_seconds = {} if verify_seconds is None else verify_seconds
         self.decay, self.smoothing = decay, smoothing
         self.counts: dict[str, list[float]] = {}  # source -> [accepted, rejections]
@@ -214,7 +219,7 @@ class CostAwareLength:
         if drafted <= 0:
             return
         self._count(source, drafted, accepted)
-        if verify_seconds is not None:
+        if verify_seconds is not None and self.measures_verification:
             self.verify_seconds[drafted] = self._smooth(self.verify_seconds.get(drafted), verify_seconds)
         if source == "drafter":
             self.step_seconds[source] = self._smooth(self.step_seconds.get(source), draft_seconds / drafted)

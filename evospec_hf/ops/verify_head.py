@@ -59,6 +59,12 @@ def columns_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     return out.reshape(*x.shape[:-1], weight.shape[0])
 
 
+def row_bucket(rows: int) -> int:
+    """The row count whose measurements decide for `rows`: itself up to 16 (drafts of one sequence), above that
+    the next multiple of 8, so that a batch's many row counts share a few trials."""
+    return rows if rows <= 16 else -(-rows // 8) * 8
+
+
 class VerifyHead:
     """`F.linear(x, weight, bias)`, by whichever of `F.linear` and `columns_linear` was faster for x's row count.
 
@@ -81,7 +87,7 @@ class VerifyHead:
         self._lock = threading.Lock()  # several threads may verify through one head
 
     def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        rows = x.numel() // x.shape[-1]
+        rows = row_bucket(x.numel() // x.shape[-1])
         if rows <= 1:
             return F.linear(x, weight, bias)
         name = self.choices.get(rows)
@@ -121,6 +127,9 @@ class HeadScreen:
             a softcap tie), and `fallback_reasons` their reasons.
         full_calls: head calls of this block computed in full (the screen disabled, slower for that row count, or no
             int8 copy possible).
+        rows_read: set by a caller that reads only some positions of its next forward (the batched loop: rows'
+            drafts padded to the longest): a bool mask over the forward's flattened positions. The head computes
+            those only; the others' logits are zeros.
     """
 
     mode: str = "auto"
@@ -134,6 +143,7 @@ class HeadScreen:
     fallbacks: int = 0
     fallback_reasons: list = field(default_factory=list)
     full_calls: int = 0
+    rows_read: torch.Tensor | None = None
 
 
 class _Block:
@@ -190,6 +200,17 @@ class _HeadShadow:
         if block is None or block.shadow is not self:  # not the innermost forward of a target in an open block
             return torch.nn.Linear.forward(head, x)
         screen = block.screen
+        read = None if screen is None else screen.rows_read
+        if read is not None and read.numel() == x.numel() // x.shape[-1] and not bool(read.all()):
+            flat = x.reshape(-1, x.shape[-1])
+            inner = self.logits(flat[read], head, screen)
+            out = inner.new_zeros(flat.shape[0], inner.shape[-1])
+            out[read] = inner
+            return out.reshape(*x.shape[:-1], out.shape[-1])
+        return self.logits(x, head, screen)
+
+    def logits(self, x: torch.Tensor, head, screen: HeadScreen | None) -> torch.Tensor:
+        """The head on `x`: screened where the call allows it and it runs, in full otherwise."""
         if screen is not None and screen.enabled:
             logits = self.screened(x, head, screen)
             if logits is not None:
@@ -220,8 +241,8 @@ class _HeadShadow:
         if int8 is None:
             return None
         rows = x.numel() // x.shape[-1]
-        key = (screen.top_k, rows)
-        choice = self.choices(screen.top_k).get(rows)
+        key = (screen.top_k, row_bucket(rows))
+        choice = self.choices(screen.top_k).get(key[1])
         timed = screen.mode == "auto" and choice not in self.SCREEN_NAMES
         if timed:  # the trials: each variant in turn, `trials` times each
             with self._lock:

@@ -194,6 +194,32 @@ def test_ragged_rows_keep_what_they_accepted(static_table_path):
     assert all(r >= m for r, m in zip(tau["ragged"], tau["min"])), tau
 
 
+def test_the_head_computes_only_the_positions_read(static_table_path):
+    """Rows draft different lengths; the padding after the shorter drafts never reaches the head: it computes each
+    row's drafts and the position after them, nothing else."""
+    target = ARCHITECTURES["llama"](seed=0)
+    ids, mask = padded_batch(seed=6)
+    stats = DraftStats()
+    config = EvoSpecConfig(shortlist="full", screen_head="on", lookup_tokens=10, draft_schedule="heuristic")
+    got = generate(target, ids, mask, 24, assistant_model=noisy_copy(target, seed=1), evospec_config=config,
+                   evospec_stats=stats)  # fmt: skip
+    assert torch.equal(got, generate(target, ids, mask, 24))
+    assert stats.screen_positions == stats.drafted + stats.rounds, (stats.screen_positions, stats.drafted)
+    assert stats.screen_fallbacks == 0 and stats.screen_full_calls == 0
+
+
+def test_batch_costs_fit_a_fixed_part_and_a_cost_per_position():
+    from evospec_hf.generation.batched import BatchCosts
+
+    costs = BatchCosts({}, rows=4, max_draft=6)
+    for positions in (8, 12, 20, 9, 16, 24):
+        costs.observe(positions, 0.05 + 0.01 * positions, rows=4)
+    assert costs.table[1] == pytest.approx(0.05 / 4 + 0.01 * 2)
+    assert costs.table[6] == pytest.approx(0.05 / 4 + 0.01 * 7)
+    prior = BatchCosts({1: 0.10, 2: 0.10, 3: 0.11}, rows=2, max_draft=3)  # one row: nearly flat
+    assert prior.table[3] - prior.table[1] < 0.02
+
+
 def test_custom_generate_takes_a_batch(static_table_path):
     target = ARCHITECTURES["gemma3"](seed=0)
     ids, mask = padded_batch(seed=5)
