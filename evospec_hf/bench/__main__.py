@@ -57,6 +57,9 @@ def main(argv=None) -> int:
                         help="EvoSpecConfig.draft_schedule of evospec_hf's methods")  # fmt: skip
     parser.add_argument("--screen-head", default=EvoSpecConfig.screen_head, choices=SCREEN_HEAD_MODES,
                         help="EvoSpecConfig.screen_head of evospec_hf's methods and target+screen (off: the full head)")
+    parser.add_argument("--batch-sizes", default=None,
+                        help="e.g. 1,2,4,8: the batched benchmark instead, tokens/s against batch size (the prompts "
+                             "cut into left-padded batches; writes results.json, results.md, batch_sizes.png)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default="bench_results")
     args = parser.parse_args(argv)
@@ -112,6 +115,8 @@ def main(argv=None) -> int:
         "fast_verify_head": not args.slow_verify_head, "lookup_tokens": args.lookup_tokens,
         "draft_schedule": args.draft_schedule, "screen_head": args.screen_head,
     }  # fmt: skip
+    if args.batch_sizes:
+        return _batched(args, target, prompts, methods, meta)
     try:
         results = run_benchmark(target, prompts, methods, args.max_new_tokens, args.repeats, warmup=not args.no_warmup)
     except MismatchError as err:
@@ -122,6 +127,36 @@ def main(argv=None) -> int:
     paths = write_report(results, args.out, meta)
     print(markdown(results, meta))
     print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _batched(args, target, prompts, methods, meta) -> int:
+    import json
+    from pathlib import Path
+
+    from .batched import markdown as batched_markdown
+    from .batched import plot_batch_sizes, run_batched
+
+    sizes = [int(s) for s in args.batch_sizes.split(",") if s.strip()]
+    unbatched = [m.name for m in methods if m.name.startswith(("hf-assisted", "prompt-lookup")) or "online" in m.name]
+    if unbatched and max(sizes) > 1:
+        raise SystemExit(f"{', '.join(unbatched)}: transformers' assisted loop and learning sessions take one "
+                         "sequence; leave them out of --methods with --batch-sizes")  # fmt: skip
+    try:
+        results = run_batched(target, prompts, methods, sizes, args.max_new_tokens, args.repeats,
+                              warmup=not args.no_warmup)  # fmt: skip
+    except MismatchError as err:
+        print("\n" + "!" * 100 + f"\n{err}\n" + "!" * 100, file=sys.stderr)
+        return 1
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta["batch_sizes"] = results["batch_sizes"]
+    (out / "results.json").write_text(json.dumps({"meta": meta, **results}, indent=2) + "\n")
+    text = batched_markdown(results, meta)
+    (out / "results.md").write_text(text)
+    plot_batch_sizes(results, out / "batch_sizes.png")
+    print(text)
+    print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'batch_sizes.png'}")
     return 0
 
 

@@ -29,6 +29,8 @@ suffix adds AdaSD's entropy stop (`EvoSpecConfig.entropy_stop`, lossless), e.g. 
 (`lossy_acceptance="adasd-js"`): its output is not checked against greedy output but measured against it.
 `+hispec` adds HiSpec's intermediate verifier (`EvoSpecConfig.intermediate_verifier`, the bench's `--exit-head`).
 `+no-screen` verifies with the target's full head (`screen_head="off"`): the drafter's share without the screen.
+`+align-min` keeps, in a batched call, only as many drafts per row as the row that accepted fewest
+(`batch_alignment="min"`), against the default where each row keeps its own (`--batch-sizes`).
 """
 
 from __future__ import annotations
@@ -60,12 +62,13 @@ ADASD_SUFFIX = "+adasd"
 ADASD_LOSSY_SUFFIX = "+adasd-lossy"
 HISPEC_SUFFIX = "+hispec"
 NO_SCREEN_SUFFIX = "+no-screen"
+ALIGN_MIN_SUFFIX = "+align-min"
 SCREENED_TARGET = "target+screen"
 SUFFIXES = {  # method suffix -> EvoSpecConfig fields on top of the method's (lookup's length and the exit head are
     # build_methods' own)
     LOOKUP_SUFFIX: {}, ADASD_SUFFIX: {"entropy_stop": True}, HISPEC_SUFFIX: {},
     ADASD_LOSSY_SUFFIX: {"entropy_stop": True, "lossy_acceptance": "adasd-js"},
-    NO_SCREEN_SUFFIX: {"screen_head": "off"},
+    NO_SCREEN_SUFFIX: {"screen_head": "off"}, ALIGN_MIN_SUFFIX: {"batch_alignment": "min"},
 }  # fmt: skip
 FEATURE_PREFIX = "feature:"
 _SIZED = re.compile(r"^(fr-spec|vocabtrim|router|evospec-online|evospec)(?:-(\d+)k)?$")

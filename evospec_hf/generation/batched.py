@@ -116,40 +116,41 @@ class BatchCosts:
 
     One row's verification is nearly free per extra position (the head's weights are read once, memory-bound),
     but a batch's many positions make the target's forward compute-bound: each position a row drafts costs about
-    as much as any other row's. So the rounds' `(positions, seconds)` are fitted as `fixed + per_position *
-    positions` (least squares, older rounds decayed), and each row's rule reads `table`: `{k: fixed / rows +
-    per_position * (k + 1)}`, its own positions and its share of the rest. The single-row calibration table
-    (`calibrate`) is the prior until the batch's own rounds outweigh it.
+    as much as any other row's. The costs are kept as seconds per verified positions: the prior is `calibrate`'s
+    table (one row verifying that many positions costs about what the batch's rows cost together; it measures up to
+    128), and every round's own `(positions, seconds)` is averaged in. Around the last round's size the curve is
+    fitted as `fixed + per_position * positions` (least squares over the sizes within a factor of 2, at least two),
+    and each row's rule reads `table`: `{k: fixed / rows + per_position * (k + 1)}`, its own positions and its share
+    of the rest (k = 0 too: a row may skip drafting). With fewer than two sizes known the table stays empty and the
+    rules draft their starting lengths.
     """
 
-    def __init__(self, prior: dict, rows: int, max_draft: int, decay: float = 0.9):
-        self.rows, self.max_draft, self.decay = rows, max_draft, decay
-        self.sums = [0.0] * 5  # weight, positions, seconds, positions^2, positions*seconds
+    def __init__(self, prior: dict, rows: int, max_draft: int, smoothing: float = 0.7):
+        self.rows, self.max_draft, self.smoothing = rows, max_draft, smoothing
+        self.seconds = {int(k) + 1: float(v) for k, v in prior.items()}  # positions -> seconds
+        self.positions = 2 * rows  # the size the fit is made around: the last round's (first guess: one draft each)
         self.table: dict = {}  # read by every row's rule (the same dict)
-        for k, seconds in prior.items():
-            self._add(int(k) + 1, float(seconds))
-        if prior:
-            self._refit()
-
-    def observe(self, positions: int, seconds: float, rows: int) -> None:
-        self.sums = [self.decay * total for total in self.sums]
-        self._add(positions, seconds)
-        self.rows = rows
         self._refit()
 
-    def _add(self, positions: int, seconds: float) -> None:
-        for i, value in enumerate((1.0, positions, seconds, positions * positions, positions * seconds)):
-            self.sums[i] += value
+    def observe(self, positions: int, seconds: float, rows: int) -> None:
+        old = self.seconds.get(positions)
+        self.seconds[positions] = seconds if old is None else self.smoothing * old + (1 - self.smoothing) * seconds
+        self.positions, self.rows = positions, rows
+        self._refit()
 
     def _refit(self) -> None:
-        weight, p, t, pp, pt = self.sums
-        mean_p, mean_t = p / weight, t / weight
-        variance = pp / weight - mean_p**2
-        per_position = (pt / weight - mean_p * mean_t) / variance if variance > 1e-9 else 0.0
-        if per_position <= 0:  # one size seen so far, or noise: all of it per position
-            per_position = mean_t / mean_p
+        if len(self.seconds) < 2:
+            return
+        near = [p for p in self.seconds if self.positions / 2 <= p <= 2 * self.positions]
+        if len(near) < 2:
+            near = sorted(self.seconds, key=lambda p: abs(p - self.positions))[:2]
+        mean_p = sum(near) / len(near)
+        mean_t = sum(self.seconds[p] for p in near) / len(near)
+        variance = sum((p - mean_p) ** 2 for p in near)
+        per_position = sum((p - mean_p) * (self.seconds[p] - mean_t) for p in near) / variance
+        per_position = max(per_position, 0.0)
         fixed = max(0.0, mean_t - per_position * mean_p)
-        self.table.update({k: fixed / self.rows + per_position * (k + 1) for k in range(1, self.max_draft + 1)})
+        self.table.update({k: fixed / self.rows + per_position * (k + 1) for k in range(self.max_draft + 1)})
 
 
 @dataclass

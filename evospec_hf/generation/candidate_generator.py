@@ -62,8 +62,8 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
         stopping_criteria (`StoppingCriteriaList`, *optional*): the call's prepared criteria; drafts are cut where
             one would fire.
         target (`PreTrainedModel`, *optional*): the target, for `intermediate_verifier` (HiSpec).
-        measures_verification (`bool`): the draft length rule records each round's verification time in
-            `verify_seconds` (False: the caller keeps that table, as the batched loop does for its rows).
+        in_batch (`bool`): drafting for one row of a batched call (`batched.py`): the loop keeps `verify_seconds`,
+            and the "cost" rule may draft nothing in a round.
     """
 
     def __init__(
@@ -81,7 +81,7 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
         verify_seconds: dict | None = None,
         stopping_criteria=None,
         target=None,
-        measures_verification: bool = True,
+        in_batch: bool = False,
     ):
         _check_pair(input_ids, assistant_model, target_vocab_size)
         self.acceptance = None  # LOSSY acceptance (opt-in): joins the call's own processors, which verify
@@ -143,7 +143,7 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
             # transformers' loop then hands `get_candidates` its last forward's outputs, with these hidden states
             self.requires_model_outputs = True
             self.model_kwargs_overrides = self.drafter.model_kwargs_overrides
-        self.length = draft_length_rule(evospec_config, verify_seconds, measures_verification)
+        self.length = draft_length_rule(evospec_config, verify_seconds, in_batch)
         if evospec_config.entropy_stop:  # the rule decides, token by token, where the drafter's round ends
             self.drafter.entropy_gate = self.length.keep_drafting
         self.stop = StopCheck(stopping_criteria)
@@ -188,7 +188,8 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
         if room > 0:
             declined = None  # a copy the rule declined: still better than nothing if the drafter drafts nothing
             for source in self.sources:
-                proposed = source.propose(input_ids, min(self.length.length(source.name), room))
+                limit = min(self.length.length(source.name), room)
+                proposed = source.propose(input_ids, limit) if limit > 0 else None
                 if proposed is None:
                     continue
                 if source is self.sources[-1] or self.length.prefer(proposed):

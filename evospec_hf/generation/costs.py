@@ -30,8 +30,9 @@ def calibrate(
     force: bool = False,
     progress: bool = True,
 ) -> dict:
-    """Measures `model`'s verification cost for 1..`max_draft_tokens` drafts and settles its verification head: the
-    matmul order per row count, and where the int8 screen (`EvoSpecConfig.screen_head="auto"`) is faster.
+    """Measures `model`'s verification cost for 1..`max_draft_tokens` drafts (and for the positions of batched rounds,
+    `BATCH_LENGTHS`) and settles its verification head: the matmul order per row count, and where the int8 screen
+    (`EvoSpecConfig.screen_head="auto"`) is faster.
 
     Args:
         model: the target.
@@ -48,7 +49,7 @@ def calibrate(
     from tqdm.auto import tqdm
 
     table = machine_costs(model, "verify_seconds")
-    lengths = range(1, max_draft_tokens + 1)
+    lengths = [*range(1, max_draft_tokens + 1), *(k for k in BATCH_LENGTHS if k > max_draft_tokens)]
     # the screened head (greedy calls) is timed against the full head per row count too, from 1 row (plain greedy)
     screen = HeadScreen(mode="auto", enabled=True)
     with columns_verify_head(model, screen) as head:
@@ -56,7 +57,7 @@ def calibrate(
         if not force and settled and not screen_pending(model, 1) and all(k in table for k in lengths):
             return dict(table)
         screen.enabled = False  # the text is generated with a processor (min_new_tokens): the full head
-        text = _own_text(model, context_length + max_draft_tokens + 1)
+        text = _own_text(model, context_length + max(lengths) + 1)
         screen.enabled = True
         context = text[:, :context_length]
         cache = DynamicCache(config=model.config)
@@ -91,6 +92,11 @@ def calibrate(
             table[k] = statistics.median(verify() for _ in range(repeats))
     save_machine_costs()
     return dict(table)
+
+
+# also measured: a batched round verifies rows x (drafts + 1) positions, and one row with that many positions costs
+# about what they cost together (the same rows through every matmul); `generation/batched.py` reads them
+BATCH_LENGTHS = (23, 31, 47, 63, 95, 127)
 
 
 def _own_text(model, length: int) -> torch.LongTensor:

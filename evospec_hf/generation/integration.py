@@ -250,7 +250,7 @@ def batched_generate(
             input_ids=row_ids, assistant_model=drafter, generation_config=generation_config, model_kwargs={},
             evospec_config=evospec_config, target_vocab_size=target_vocab_size, logits_processor=draft_processors,
             stats=row_stats, verify_seconds=costs.table, stopping_criteria=stopping_criteria, target=model,
-            measures_verification=False,
+            in_batch=True,
         )  # fmt: skip
 
     # a screen object even with screen_head="off" (then never enabled): it tells the head which positions are read

@@ -46,7 +46,8 @@ class DraftLength(Protocol):
     limits: dict
 
     def length(self, source: str) -> int:
-        """How many tokens `source` may draft this round (at least 1, at most its upper bound)."""
+        """How many tokens `source` may draft this round (at least 1, or 0 for a row of a batch where drafting does
+        not pay; at most its upper bound)."""
 
     def prefer(self, draft: Draft) -> bool:
         """Whether to verify `draft` (a source's proposal) rather than ask the next source (the drafter)."""
@@ -66,13 +67,13 @@ def source_limits(config) -> dict:
     }
 
 
-def draft_length_rule(config, verify_seconds: dict | None = None, measures_verification: bool = True) -> DraftLength:
+def draft_length_rule(config, verify_seconds: dict | None = None, in_batch: bool = False) -> DraftLength:
     """The rule `config.draft_schedule` names (inside an `EntropyStop` with `config.entropy_stop`).
-    `verify_seconds`: the target's `{k: seconds}` table for "cost"; `measures_verification=False`: the caller keeps
-    that table (the batched loop), the rule only reads it."""
+    `verify_seconds`: the target's `{k: seconds}` table for "cost"; `in_batch`: for a row of a batched call (see
+    `CostAwareLength`)."""
     limits = source_limits(config)
     if config.draft_schedule == "cost":
-        rule = CostAwareLength(verify_seconds, limits=limits, measures_verification=measures_verification)
+        rule = CostAwareLength(verify_seconds, limits=limits, in_batch=in_batch)
     elif config.draft_schedule == "heuristic":
         rule = HeuristicLength(limits)
     else:
@@ -135,8 +136,9 @@ class CostAwareLength:
         decay: weight of the past in the acceptance counts, per round of the same source.
         smoothing: weight of the past in the moving averages of seconds.
         limits: `{source: (start, upper)}`, for `length`.
-        measures_verification: record each verified round's time in `verify_seconds` (False: someone else keeps
-            the table, e.g. the batched loop, where a round's verification is shared by all rows).
+        in_batch: the rule of one row of a batched call. The batched loop keeps `verify_seconds` (a round's
+            verification is shared by all rows; `generation/batched.py`, `BatchCosts`), so the rule only reads it,
+            and a round may draft nothing (length 0) where no draft pays for the positions it adds to the batch.
     """
 
     def __init__(
@@ -145,10 +147,11 @@ class CostAwareLength:
         decay: float = 0.9,
         smoothing: float = 0.7,
         limits: dict | None = None,
-        measures_verification: bool = True,
+        in_batch: bool = False,
     ):
         self.limits = limits or {}
-        self.measures_verification = measures_verification
+        self.in_batch = in_batch
+        self.shortest = 0 if in_batch else 1
         self.verify_seconds = {} if verify_seconds is None else verify_seconds
         self.decay, self.smoothing = decay, smoothing
         self.counts: dict[str, list[float]] = {}  # source -> [accepted, rejections]
@@ -201,7 +204,7 @@ class CostAwareLength:
     def _best(self, source: str, upper: int) -> tuple[int, float]:
         """The length in `1..upper` with the most expected tokens per second for `source`, and that rate."""
         a, step = self.acceptance(source), self.step_seconds.get(source, 0.0)
-        rates = [(_expected(a, k) / (k * step + self._verify_cost(k)), -k) for k in range(1, upper + 1)]
+        rates = [(_expected(a, k) / (k * step + self._verify_cost(k)), -k) for k in range(self.shortest, upper + 1)]
         rate, k = max(rates)  # the shortest length among equal rates
         return -k, rate
 
@@ -219,7 +222,7 @@ class CostAwareLength:
         if drafted <= 0:
             return
         self._count(source, drafted, accepted)
-        if verify_seconds is not None and self.measures_verification:
+        if verify_seconds is not None and not self.in_batch:
             self.verify_seconds[drafted] = self._smooth(self.verify_seconds.get(drafted), verify_seconds)
         if source == "drafter":
             self.step_seconds[source] = self._smooth(self.step_seconds.get(source), draft_seconds / drafted)

@@ -211,13 +211,17 @@ def test_the_head_computes_only_the_positions_read(static_table_path):
 def test_batch_costs_fit_a_fixed_part_and_a_cost_per_position():
     from evospec_hf.generation.batched import BatchCosts
 
+    flat_then_steep = {k: 0.05 + 0.0001 * (k + 1) if k < 16 else 0.05 + 0.004 * (k + 1 - 16) for k in range(1, 64)}
     costs = BatchCosts({}, rows=4, max_draft=6)
+    assert costs.table == {}  # nothing known: the rules draft their starting lengths
     for positions in (8, 12, 20, 9, 16, 24):
         costs.observe(positions, 0.05 + 0.01 * positions, rows=4)
     assert costs.table[1] == pytest.approx(0.05 / 4 + 0.01 * 2)
     assert costs.table[6] == pytest.approx(0.05 / 4 + 0.01 * 7)
-    prior = BatchCosts({1: 0.10, 2: 0.10, 3: 0.11}, rows=2, max_draft=3)  # one row: nearly flat
-    assert prior.table[3] - prior.table[1] < 0.02
+    # from the single-row prior alone: nearly flat around few positions, steep around many
+    few, many = BatchCosts(flat_then_steep, rows=2, max_draft=3), BatchCosts(flat_then_steep, rows=8, max_draft=3)
+    many.observe(48, flat_then_steep[47], rows=8)  # a round of 48 positions, as the prior has it
+    assert few.table[3] - few.table[1] < 0.001 and many.table[3] - many.table[1] > 0.005
 
 
 def test_custom_generate_takes_a_batch(static_table_path):

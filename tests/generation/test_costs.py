@@ -3,6 +3,7 @@
 import torch
 
 import evospec_hf
+from evospec_hf.generation.costs import BATCH_LENGTHS
 from evospec_hf import DraftStats, EvoSpecConfig
 from evospec_hf.generation.schedule import CostAwareLength
 from evospec_hf.ops.calibration import forget_loaded, machine_costs
@@ -22,7 +23,8 @@ def test_calibrate_measures_every_length_once_per_machine_and_shape():
     target = tiny_llama(seed=0)
     forwards = count_forwards(target)
     table = evospec_hf.calibrate(target, max_draft_tokens=5, context_length=16, progress=False)
-    assert sorted(table) == [1, 2, 3, 4, 5] and all(seconds > 0 for seconds in table.values())
+    # 1..5, and the positions of batched rounds (one row verifying that many)
+    assert sorted(table) == [1, 2, 3, 4, 5, *BATCH_LENGTHS] and all(seconds > 0 for seconds in table.values())
     assert machine_costs(target, "verify_seconds") == table  # what the "cost" schedule reads
     assert forwards  # it did run the target
     forwards.clear()
