@@ -18,7 +18,7 @@ import torch
 from transformers import DynamicCache
 
 from ..ops.calibration import machine_costs, save_machine_costs
-from ..ops.verify_head import HeadScreen, columns_verify_head, screen_pending
+from ..ops.verify_head import HeadScreen, columns_verify_head, row_bucket, screen_pending
 
 
 @torch.no_grad()
@@ -53,7 +53,7 @@ def calibrate(
     # the screened head (greedy calls) is timed against the full head per row count too, from 1 row (plain greedy)
     screen = HeadScreen(mode="auto", enabled=True)
     with columns_verify_head(model, screen) as head:
-        settled = head is None or all(k + 1 in head.choices and not screen_pending(model, k + 1) for k in lengths)
+        settled = head is None or all(_head_settled(model, head, k + 1) for k in lengths)
         if not force and settled and not screen_pending(model, 1) and all(k in table for k in lengths):
             return dict(table)
         screen.enabled = False  # the text is generated with a processor (min_new_tokens): the full head
@@ -64,7 +64,9 @@ def calibrate(
         cache.activate_past_recording()  # sliding-window layers keep their past, so the cache can be cropped back
         model(input_ids=context, past_key_values=cache, use_cache=True, logits_to_keep=1)
         one = text[:, context_length : context_length + 1]
-        while head is not None and screen_pending(model, 1):  # one row: plain greedy through the screen
+        for _ in range(_MOST_TRIALS):  # one row: plain greedy through the screen
+            if head is None or not screen_pending(model, 1):
+                break
             model(input_ids=one, past_key_values=cache, use_cache=True, logits_to_keep=1)
             cache.crop(-1)
         for k in tqdm(lengths, desc="calibrating verification", unit="length", disable=not progress):
@@ -84,14 +86,27 @@ def calibrate(
             # the trials first: the full head's matmul order (two orders alternate), then the screen against that
             # full head; then the timed verifications
             screen.enabled = False
-            while head is not None and k + 1 not in head.choices:
+            for _ in range(_MOST_TRIALS):
+                if head is None or row_bucket(k + 1) in head.choices:  # row counts share trials in buckets
+                    break
                 verify()
             screen.enabled = True
-            while head is not None and screen_pending(model, k + 1):
+            for _ in range(_MOST_TRIALS):
+                if head is None or not screen_pending(model, k + 1):
+                    break
                 verify()
             table[k] = statistics.median(verify() for _ in range(repeats))
     save_machine_costs()
     return dict(table)
+
+
+# a head decides after a few trials (`VerifyHead.trials`, the screen's); bounded so that a decision never made
+# (a row count the head files under another key) costs a few verifications, not a hang
+_MOST_TRIALS = 16
+
+
+def _head_settled(model, head, rows: int) -> bool:
+    return row_bucket(rows) in head.choices and not screen_pending(model, rows)
 
 
 # also measured: a batched round verifies rows x (drafts + 1) positions, and one row with that many positions costs

@@ -397,4 +397,4 @@ def screen_pending(model, rows: int, top_k: int = 1) -> bool:
         return False
     if shadow.int8_failed_key is not None and shadow.int8_failed_key == Int8Head.source_key(head.weight, head.bias):
         return False
-    return rows not in shadow.choices(top_k)
+    return row_bucket(rows) not in shadow.choices(top_k)

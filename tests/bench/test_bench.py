@@ -155,3 +155,37 @@ def test_vs_full_compares_each_method_with_its_own_drafters_full_vocabulary():
     assert "| 110.0% |" in lines["evospec-16k"] and "| 10.0% |" in lines["evospec-16k"]
     assert "| 110.0% |" in lines["feature:evospec-16k"] and "| 5.0% |" in lines["feature:evospec-16k"]
     assert "| 75.0% |" in lines["feature:evospec-16k+lookup"] and "| 20.0% |" in lines["feature:evospec-16k+lookup"]
+
+
+def test_batched_mode_checks_every_row_and_reports_each_batch_size(tmp_path):
+    from evospec_hf.bench.batched import markdown, plot_batch_sizes, run_batched
+
+    target = tiny_llama(seed=0)
+    drafter = noisy_copy(target, seed=5)
+    methods = build_methods(["target", "target+screen", "full-vocab+lookup", "full-vocab+align-min"], drafter)
+    prompts = [prompt(f"p{i}", "code", [1, *range(5 + i, 9 + 2 * i)]) for i in range(4)]  # 5 to 8 tokens
+    results = run_batched(target, prompts, methods, [2, 4], max_new_tokens=10, progress=False)
+    assert results["batch_sizes"] == [1, 2, 4]  # batch 1 added: the prompts alone
+    for name, by_size in results["methods"].items():
+        assert by_size[1]["rows_differing_from_alone"] is None
+        for size in (2, 4):
+            assert by_size[size]["tokens_per_s"] > 0 and by_size[size]["rows_differing_from_alone"] == 0, name
+    assert results["methods"]["target"][4]["speedup"] == 1.0 and results["methods"]["target"][4]["tau"] is None
+    assert results["methods"]["full-vocab+lookup"][4]["tau"] > 1.0
+    assert results["methods"]["full-vocab+lookup"][4]["tau_alone"] == results["methods"]["full-vocab+lookup"][1]["tau"]
+    text = markdown(results, {"command": "x", "target": "tiny", "prompts": 4, "prompt_source": "test",
+                              "max_new_tokens": 10, "machine": "cpu"})  # fmt: skip
+    assert "| full-vocab+lookup |" in text and "batch 4" in text
+    plot_batch_sizes(results, tmp_path / "batch_sizes.png")
+    assert (tmp_path / "batch_sizes.png").stat().st_size > 0
+
+
+def test_batched_mode_names_the_row_that_differs():
+    from evospec_hf.bench.batched import run_batched
+
+    target = tiny_llama(seed=0)
+    target.generation_config.eos_token_id = None
+    prompts = [prompt("a", "code", [1, 5, 6]), prompt("b", "law", [1, 7, 3, 12, 9])]
+    lossy = Method("penalised", lambda: {"repetition_penalty": 5.0})
+    with pytest.raises(MismatchError, match=r"'penalised' at batch size 1, row 0 \(prompt 'a'\)"):  # alone first
+        run_batched(target, prompts, build_methods(["target"]) + [lossy], [2], max_new_tokens=10, progress=False)

@@ -37,6 +37,15 @@ def test_calibrate_measures_every_length_once_per_machine_and_shape():
     assert forwards and 6 in machine_costs(again, "verify_seconds")  # a longer round is measured when asked
 
 
+def test_calibrate_settles_rounds_whose_row_count_shares_a_bucket():
+    forget_loaded()
+    target = tiny_llama(seed=0)
+    evospec_hf.calibrate(target, max_draft_tokens=17, context_length=16, progress=False)  # 18 rows: filed under 24
+    forwards = count_forwards(target)
+    assert 17 in evospec_hf.calibrate(target, max_draft_tokens=17, context_length=16, progress=False)
+    assert not forwards  # every length and its head's choice kept: nothing measured again
+
+
 def test_after_calibrate_the_first_call_neither_tries_the_head_nor_explores_lengths(monkeypatch):
     forget_loaded()
     target = tiny_llama(seed=0)
