@@ -56,7 +56,7 @@ def run_batched(target, prompts: list[dict], methods: list, batch_sizes: list[in
     eos = torch.tensor(eos if isinstance(eos, list) else [eos] if eos is not None else [])
     if warmup and any(method.drafts for method in methods):
         defaults = EvoSpecConfig()
-        calibrate(target, max(defaults.max_draft_tokens, defaults.lookup_tokens), progress=progress)
+        calibrate(target, max(defaults.max_draft_tokens, defaults.lookup_tokens), progress=progress, batched=True)
     sizes = sorted(set(batch_sizes) | {1})  # batch size 1: each prompt alone, the reference for tau and rounding
     total = sum(len(range(0, len(prompts), size)) for size in sizes) * len(methods) * repeats
     bar = tqdm(total=total, desc="batched benchmark", disable=not progress, unit="gen")

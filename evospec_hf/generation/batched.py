@@ -117,8 +117,8 @@ class BatchCosts:
     One row's verification is nearly free per extra position (the head's weights are read once, memory-bound),
     but a batch's many positions make the target's forward compute-bound: each position a row drafts costs about
     as much as any other row's. The costs are kept as seconds per verified positions: the prior is `calibrate`'s
-    table (one row verifying that many positions costs about what the batch's rows cost together; it measures up to
-    128), and every round's own `(positions, seconds)` is averaged in. Around the last round's size the curve is
+    table (one row verifying that many positions costs about what the batch's rows cost together; with `batched=True`
+    it measures up to 128), and every round's own `(positions, seconds)` is averaged in. Around the last round's size the curve is
     fitted as `fixed + per_position * positions` (least squares over the sizes within a factor of 2, at least two),
     and each row's rule reads `table`: `{k: fixed / rows + per_position * (k + 1)}`, its own positions and its share
     of the rest (k = 0 too: a row may skip drafting). With fewer than two sizes known the table stays empty and the

@@ -29,9 +29,10 @@ def calibrate(
     repeats: int = 3,
     force: bool = False,
     progress: bool = True,
+    batched: bool = False,
 ) -> dict:
-    """Measures `model`'s verification cost for 1..`max_draft_tokens` drafts (and for the positions of batched rounds,
-    `BATCH_LENGTHS`) and settles its verification head: the matmul order per row count, and where the int8 screen
+    """Measures `model`'s verification cost for 1..`max_draft_tokens` drafts (and, with `batched`, for the positions
+    of batched rounds, `BATCH_LENGTHS`) and settles its verification head: the matmul order per row count, and where the int8 screen
     (`EvoSpecConfig.screen_head="auto"`) is faster.
 
     Args:
@@ -42,6 +43,8 @@ def calibrate(
         repeats: timed verifications per length (the median is kept).
         force: measure again even if this machine's cache already has every length.
         progress: show a progress bar.
+        batched: also measure `BATCH_LENGTHS`, the many positions a batched call verifies at once (for batched
+            `generate` calls; these lengths take most of the time on a large head).
 
     Returns:
         `{draft length: seconds}`, the table the "cost" schedule reads (also kept in the calibration cache).
@@ -49,7 +52,7 @@ def calibrate(
     from tqdm.auto import tqdm
 
     table = machine_costs(model, "verify_seconds")
-    lengths = [*range(1, max_draft_tokens + 1), *(k for k in BATCH_LENGTHS if k > max_draft_tokens)]
+    lengths = [*range(1, max_draft_tokens + 1), *(k for k in BATCH_LENGTHS if batched and k > max_draft_tokens)]
     # the screened head (greedy calls) is timed against the full head per row count too, from 1 row (plain greedy)
     screen = HeadScreen(mode="auto", enabled=True)
     with columns_verify_head(model, screen) as head:
