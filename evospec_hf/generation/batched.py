@@ -15,7 +15,8 @@ a batch runs this loop instead (`integration.py` routes it here). Each round:
    only the fewest drafts any row accepted (`alignment="min"`), throws accepted tokens away; the bench measures both.
 
 Rows that finish (EOS, `max_new_tokens`, a stopping criterion) leave the batch and its cache; the output pads them
-as plain `generate` does. Columns that are padding in every remaining row are dropped from the cache.
+as plain `generate` does. Without an EOS token plain `generate` pads nobody: a row that met a stop (a criterion, a
+stop string) goes on until every row has met one, and all end at the last row's stop; so do they here. Columns that are padding in every remaining row are dropped from the cache.
 """
 
 from __future__ import annotations
@@ -167,6 +168,7 @@ class _Row:
     stats: DraftStats
     outputs: object = None  # its slice of the target's last forward (a feature drafter reads the hidden states)
     done: bool = False
+    stopped_at: int | None = None  # how many tokens it had generated when it first met a stop
     generated: list = field(default_factory=list)
 
 
@@ -229,6 +231,10 @@ def batched_assisted_decoding(
         if screen is not None:
             screen.rows_read = None
 
+    if eos is None:  # every row as long as the last row's stop (see `_loop`)
+        end = max(row.stopped_at if row.stopped_at is not None else len(row.generated) for row in rows)
+        for row in rows:
+            del row.generated[end:]
     longest = max(len(row.generated) for row in rows)
     fill = filler if pad_id is None else int(pad_id)
     sequences = input_ids.new_full((len(rows), input_ids.shape[1] + longest), fill)
@@ -315,11 +321,21 @@ def _loop(model, input_ids, rows: list[_Row], cache, extra, processors, criteria
             row.pad += shifts[r]
             n = len(valid) - 1  # accepted drafts
             row.generator.update_candidate_strategy(row.tokens, scores[r][:, : len(draft) + 1], n)
-            row.done = (
+            full = row.tokens.shape[1] >= row.limit
+            if row.stopped_at is None and (
                 (eos is not None and bool(torch.isin(valid[-1], eos)))
-                or row.tokens.shape[1] >= row.limit
+                or full
                 or (len(criteria) > 0 and bool(criteria(row.tokens, scores[r][:, n]).any()))
-            )
+            ):
+                row.stopped_at = len(row.generated)
+            row.done = full or (eos is not None and row.stopped_at is not None)
+        if eos is None and all(row.stopped_at is not None for row in rows):
+            # without an EOS, plain `generate` pads nobody: a row that met a stop keeps generating until the last
+            # row meets its own, and every row ends at that length (`batched_assisted_decoding` cuts them there)
+            end = max(row.stopped_at for row in rows)
+            for row in active:
+                row.done = row.done or len(row.generated) >= end
+        for r, row in enumerate(active):
             if not row.done:
                 keep.append(r)
         elapsed = time.perf_counter() - began

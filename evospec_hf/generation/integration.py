@@ -22,6 +22,7 @@ shadows that method on the model instance while a call runs, and the shadow hand
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import threading
 import weakref
@@ -29,7 +30,10 @@ from types import SimpleNamespace
 
 import torch
 
-from transformers import GenerationMixin, LogitsProcessorList, StoppingCriteriaList, TemperatureLogitsWarper, TopKLogitsWarper
+from transformers import (
+    GenerationMixin, LogitsProcessorList, StopStringCriteria, StoppingCriteriaList, TemperatureLogitsWarper,
+    TopKLogitsWarper,
+)  # fmt: skip
 
 from ..config import EvoSpecConfig
 from ..evolve.session import EvoSpecSession, drafter_lock
@@ -358,6 +362,7 @@ def generate(
     if _batch_size(args, kwargs) > 1:  # transformers' assisted loop takes one row: the batch takes evospec_hf's own
         if kwargs.get("streamer") is not None:
             raise ValueError("a streamer follows one sequence; pass one prompt, or drop `streamer` for a batch.")
+        kwargs = _stop_strings_as_criterion(self, kwargs)
         return _original_generate(
             self, *args, custom_generate=custom_generate, drafter=kwargs.pop("assistant_model"),
             evospec_config=evospec_config, evospec_stats=evospec_stats, evospec_session=evospec_session, **kwargs,
@@ -376,6 +381,25 @@ def generate(
 
 
 generate.__evospec_original__ = _original_generate
+
+
+def _stop_strings_as_criterion(model, kwargs: dict) -> dict:
+    """`kwargs` with `stop_strings` turned into a `StopStringCriteria` among the stopping criteria.
+
+    transformers takes `tokenizer=` away before it calls a `custom_generate` callable, and then cannot build the
+    criterion for `stop_strings`; a batch runs through `custom_generate`, so the criterion is built here, as plain
+    `generate` builds it. Without a tokenizer, transformers' own error follows.
+    """
+    config = kwargs.get("generation_config") or model.generation_config
+    stop_strings = kwargs.get("stop_strings", getattr(config, "stop_strings", None))
+    tokenizer = kwargs.get("tokenizer")
+    if stop_strings is None or tokenizer is None:
+        return kwargs
+    criteria = StoppingCriteriaList([*(kwargs.get("stopping_criteria") or []), StopStringCriteria(tokenizer, stop_strings)])
+    if "generation_config" in kwargs:
+        kwargs = dict(kwargs, generation_config=copy.deepcopy(config))
+        kwargs["generation_config"].stop_strings = None
+    return dict(kwargs, stopping_criteria=criteria, stop_strings=None)
 
 
 def _batch_size(args, kwargs) -> int:

@@ -176,6 +176,53 @@ def test_a_stopping_criterion_and_max_new_tokens_hold_per_row(arch, static_table
         assert torch.equal(got, expected), max_new_tokens
 
 
+@pytest.mark.parametrize("with_eos", [False, True], ids=["no-eos", "eos"])
+def test_stop_strings_end_rows_as_plain_generate_ends_them(with_eos):
+    """With an EOS token plain `generate` pads a row after its stop; without one the row goes on until every row has
+    met a stop (transformers pads only where an EOS criterion exists)."""
+    from .test_stopping import tiny_tokenizer, varied
+
+    tokenizer, words = tiny_tokenizer()
+    target = varied(ARCHITECTURES["llama"](seed=0))  # varied text: two-token strings that fall where a row has them
+    ids, mask = padded_batch(seed=4)
+    plain = generate(target, ids, mask, 24, eos_token_id=None)[:, ids.shape[1] :]
+    eos = next(t for t in range(3, VOCAB_SIZE) if t not in plain) if with_eos else None  # a token never written
+    # one string per row, across two of its tokens, at a different step in each row
+    stops = [words[plain[r, 3 + 2 * r].item()][-1] + words[plain[r, 4 + 2 * r].item()][0] for r in range(len(LENGTHS))]
+    kwargs = dict(eos_token_id=eos, stop_strings=stops, tokenizer=tokenizer)
+    expected = generate(target, ids, mask, 24, **kwargs)
+    drafter = noisy_copy(target, seed=1)
+    config = EvoSpecConfig(shortlist="full", draft_schedule="constant", num_draft_tokens=6, lookup_tokens=0)
+    got = generate(target, ids, mask, 24, assistant_model=drafter, evospec_config=config, **kwargs)
+    assert torch.equal(got, expected)
+    assert expected.shape[1] < ids.shape[1] + 24  # every row met a string before max_new_tokens
+    padded = (expected[:, ids.shape[1] :] == PAD).any(dim=1)
+    assert padded.any() if with_eos else not padded.any()
+
+
+def test_the_entropy_stop_and_the_cost_rule_in_a_batch(arch, static_table_path):
+    """Each row's draft length rule runs as it does alone: the entropy stop ends a row's rounds where it ends the
+    same prompt's rounds alone (the heuristic rule: no timings), and the "cost" rule keeps every row exact."""
+    _, target, drafter, feature, router = arch
+    ids, mask = padded_batch(seed=3)
+    expected = generate(target, ids, mask, 24)
+    for assistant in (drafter, feature):
+        config = config_for("evospec", static_table_path, router, entropy_stop=True)
+        stats = DraftStats()
+        got = generate(target, ids, mask, 24, assistant_model=assistant, evospec_config=config, evospec_stats=stats)
+        assert torch.equal(got, expected)
+        assert stats.entropy_stops == sum(row.entropy_stops for row in stats.rows)
+        alone = []
+        for row in range(len(LENGTHS)):
+            row_stats = DraftStats()
+            target.generate(ids[row : row + 1, mask[row] == 1], max_new_tokens=24, do_sample=False,
+                            assistant_model=assistant, evospec_config=config, evospec_stats=row_stats)  # fmt: skip
+            alone.append(row_stats.entropy_stops > 0)
+        assert [row.entropy_stops > 0 for row in stats.rows] == alone
+        cost = config_for("evospec", static_table_path, router, entropy_stop=True, draft_schedule="cost")
+        assert torch.equal(generate(target, ids, mask, 24, assistant_model=assistant, evospec_config=cost), expected)
+
+
 def test_ragged_rows_keep_what_they_accepted(static_table_path):
     """'ragged' keeps every accepted draft, 'min' only the fewest any row accepted: with rows that accept very
     differently (a prompt the lookup can copy from, and random ones), 'min' needs more rounds; both exact."""
