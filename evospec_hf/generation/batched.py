@@ -16,7 +16,8 @@ a batch runs this loop instead (`integration.py` routes it here). Each round:
 
 Rows that finish (EOS, `max_new_tokens`, a stopping criterion) leave the batch and its cache; the output pads them
 as plain `generate` does. Without an EOS token plain `generate` pads nobody: a row that met a stop (a criterion, a
-stop string) goes on until every row has met one, and all end at the last row's stop; so do they here. Columns that are padding in every remaining row are dropped from the cache.
+stop string) goes on until every row has met one, and all end at the last row's stop; so do they here. Columns
+that are padding in every remaining row are dropped from the cache.
 """
 
 from __future__ import annotations
@@ -119,11 +120,11 @@ class BatchCosts:
     but a batch's many positions make the target's forward compute-bound: each position a row drafts costs about
     as much as any other row's. The costs are kept as seconds per verified positions: the prior is `calibrate`'s
     table (one row verifying that many positions costs about what the batch's rows cost together; with `batched=True`
-    it measures up to 128), and every round's own `(positions, seconds)` is averaged in. Around the last round's size the curve is
-    fitted as `fixed + per_position * positions` (least squares over the sizes within a factor of 2, at least two),
-    and each row's rule reads `table`: `{k: fixed / rows + per_position * (k + 1)}`, its own positions and its share
-    of the rest (k = 0 too: a row may skip drafting). With fewer than two sizes known the table stays empty and the
-    rules draft their starting lengths.
+    it measures up to 128), and every round's own `(positions, seconds)` is averaged in. Around the last round's
+    size the curve is fitted as `fixed + per_position * positions` (least squares over the sizes within a factor
+    of 2, at least two), and each row's rule reads `table`: `{k: fixed / rows + per_position * (k + 1)}`, its own
+    positions and its share of the rest (k = 0 too: a row may skip drafting). With fewer than two sizes known the
+    table stays empty and the rules draft their starting lengths.
     """
 
     def __init__(self, prior: dict, rows: int, max_draft: int, smoothing: float = 0.7):
@@ -428,7 +429,9 @@ def _forwarded_kwargs(model_kwargs: dict) -> dict:
                 "prompt."
             )
         if isinstance(value, torch.Tensor):
-            raise ValueError(f"batched evospec_hf does not support the model input `{key}`; call generate once per prompt.")
+            raise ValueError(
+                f"batched evospec_hf does not support the model input `{key}`; call generate once per prompt."
+            )
         extra[key] = value
     return extra
 

@@ -32,8 +32,8 @@ def calibrate(
     batched: bool = False,
 ) -> dict:
     """Measures `model`'s verification cost for 1..`max_draft_tokens` drafts (and, with `batched`, for the positions
-    of batched rounds, `BATCH_LENGTHS`) and settles its verification head: the matmul order per row count, and where the int8 screen
-    (`EvoSpecConfig.screen_head="auto"`) is faster.
+    of batched rounds, `BATCH_LENGTHS`) and settles its verification head: the matmul order per row count, and
+    where the int8 screen (`EvoSpecConfig.screen_head="auto"`) is faster.
 
     Args:
         model: the target.

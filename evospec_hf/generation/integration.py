@@ -395,16 +395,22 @@ def _stop_strings_as_criterion(model, kwargs: dict) -> dict:
     tokenizer = kwargs.get("tokenizer")
     if stop_strings is None or tokenizer is None:
         return kwargs
-    criteria = StoppingCriteriaList([*(kwargs.get("stopping_criteria") or []), StopStringCriteria(tokenizer, stop_strings)])
-    if "generation_config" in kwargs:
-        kwargs = dict(kwargs, generation_config=copy.deepcopy(config))
-        kwargs["generation_config"].stop_strings = None
-    return dict(kwargs, stopping_criteria=criteria, stop_strings=None)
+    criteria = StoppingCriteriaList(
+        [*(kwargs.get("stopping_criteria") or []), StopStringCriteria(tokenizer, stop_strings)]
+    )
+    kwargs = dict(kwargs, stopping_criteria=criteria)
+    if "generation_config" not in kwargs:
+        return dict(kwargs, stop_strings=None)  # over the model's own generation config
+    kwargs.pop("stop_strings", None)
+    kwargs["generation_config"] = copy.deepcopy(config)
+    kwargs["generation_config"].stop_strings = None
+    return kwargs
 
 
 def _batch_size(args, kwargs) -> int:
     """The batch size of a `generate` call's inputs (1 if it cannot tell)."""
-    for value in (args[0] if args else None, kwargs.get("inputs"), kwargs.get("input_ids"), kwargs.get("inputs_embeds")):
+    first = args[0] if args else None
+    for value in (first, kwargs.get("inputs"), kwargs.get("input_ids"), kwargs.get("inputs_embeds")):
         if isinstance(value, torch.Tensor) and value.dim() >= 2:
             return value.shape[0]
     return 1

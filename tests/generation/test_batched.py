@@ -2,6 +2,8 @@
 batched greedy `generate`, on seven architectures, both drafters, every shortlist mode; rows end at different steps;
 sampling keeps each row's distribution; bad input gets a clear error."""
 
+import copy
+
 import pytest
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
@@ -51,8 +53,8 @@ def test_each_row_is_plain_batched_greedy(arch, mode, static_table_path):
     ids, mask = padded_batch()
     expected = generate(target, ids, mask)
     stats = DraftStats()
-    got = generate(target, ids, mask, assistant_model=drafter, evospec_config=config_for(mode, static_table_path, router),
-                   evospec_stats=stats)  # fmt: skip
+    config = config_for(mode, static_table_path, router)
+    got = generate(target, ids, mask, assistant_model=drafter, evospec_config=config, evospec_stats=stats)
     assert torch.equal(got, expected), mode
     assert len(stats.rows) == len(LENGTHS) and all(row.rounds > 0 for row in stats.rows)
     assert stats.drafter_accepted > 0, stats  # the drafter's own drafts landed, not only the lookup's
@@ -200,6 +202,25 @@ def test_stop_strings_end_rows_as_plain_generate_ends_them(with_eos):
     assert padded.any() if with_eos else not padded.any()
 
 
+def test_stop_strings_from_a_generation_config():
+    from .test_stopping import tiny_tokenizer, varied
+
+    tokenizer, words = tiny_tokenizer()
+    target = varied(ARCHITECTURES["llama"](seed=0))
+    ids, mask = padded_batch(seed=4)
+    plain = generate(target, ids, mask, 24, eos_token_id=None)[:, ids.shape[1] :]
+    config = copy.deepcopy(target.generation_config)
+    strings = [(words[plain[r, 3 + 2 * r].item()], words[plain[r, 4 + 2 * r].item()]) for r in range(len(LENGTHS))]
+    config.stop_strings = [first[-1] + second[0] for first, second in strings]  # as in the test above
+    config.update(max_new_tokens=24, do_sample=False, eos_token_id=None)
+    expected = target.generate(input_ids=ids, attention_mask=mask, generation_config=config, tokenizer=tokenizer)
+    assert expected.shape[1] < ids.shape[1] + 24
+    drafter, evospec = noisy_copy(target, seed=1), EvoSpecConfig(shortlist="full")
+    got = target.generate(input_ids=ids, attention_mask=mask, generation_config=config, tokenizer=tokenizer,
+                          assistant_model=drafter, evospec_config=evospec)  # fmt: skip
+    assert torch.equal(got, expected) and config.stop_strings is not None  # the caller's config left as it was
+
+
 def test_the_entropy_stop_and_the_cost_rule_in_a_batch(arch, static_table_path):
     """Each row's draft length rule runs as it does alone: the entropy stop ends a row's rounds where it ends the
     same prompt's rounds alone (the heuristic rule: no timings), and the "cost" rule keeps every row exact."""
@@ -233,7 +254,9 @@ def test_ragged_rows_keep_what_they_accepted(static_table_path):
     tau = {}
     for alignment in ("ragged", "min"):
         stats = DraftStats()
-        config = EvoSpecConfig(shortlist="full", num_draft_tokens=4, draft_schedule="constant", batch_alignment=alignment)
+        config = EvoSpecConfig(
+            shortlist="full", num_draft_tokens=4, draft_schedule="constant", batch_alignment=alignment
+        )
         got = generate(target, ids, mask, 24, assistant_model=drafter, evospec_config=config, evospec_stats=stats)
         assert torch.equal(got, expected), alignment
         tau[alignment] = [row.mean_accepted_length for row in stats.rows]
@@ -276,8 +299,9 @@ def test_custom_generate_takes_a_batch(static_table_path):
     ids, mask = padded_batch(seed=5)
     stats = DraftStats()
     got = target.generate(
-        input_ids=ids, attention_mask=mask, max_new_tokens=20, do_sample=False, custom_generate=evospec_hf.custom_generate,
-        drafter=noisy_copy(target, seed=1), evospec_config=EvoSpecConfig(shortlist="full"), evospec_stats=stats,
+        input_ids=ids, attention_mask=mask, max_new_tokens=20, do_sample=False,
+        custom_generate=evospec_hf.custom_generate, drafter=noisy_copy(target, seed=1),
+        evospec_config=EvoSpecConfig(shortlist="full"), evospec_stats=stats,
     )  # fmt: skip
     assert torch.equal(got, generate(target, ids, mask))
     assert len(stats.rows) == len(LENGTHS)
@@ -347,8 +371,9 @@ def small():
 
 
 def call(target, drafter, ids, mask=None, **kwargs):
+    config = EvoSpecConfig(shortlist="full")
     return target.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4, do_sample=False,
-                           assistant_model=drafter, evospec_config=EvoSpecConfig(shortlist="full"), **kwargs)  # fmt: skip
+                           assistant_model=drafter, evospec_config=config, **kwargs)  # fmt: skip
 
 
 def test_right_padding_is_refused(small):
