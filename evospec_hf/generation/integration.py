@@ -200,8 +200,9 @@ def check_request(generation_config, drafter, assistant_tokenizer=None) -> None:
             f"num_beams={generation_config.num_beams}, "
             f"num_return_sequences={generation_config.num_return_sequences}."
         )
-    for name in ("prompt_lookup_num_tokens", "assistant_early_exit"):
-        if getattr(generation_config, name, None) is not None:
+    # transformers' other drafting strategies, each chosen by a generation flag: refused by name, never overridden
+    for name in ("prompt_lookup_num_tokens", "assistant_early_exit", "use_mtp", "speculation_type"):
+        if getattr(generation_config, name, None) not in (None, False):
             raise ValueError(
                 f"`{name}` selects another drafting strategy; it cannot be combined with `evospec_config`."
             )

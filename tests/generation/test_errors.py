@@ -86,10 +86,19 @@ def test_beams_and_conflicting_strategies(target, drafter):
             PROMPT, max_new_tokens=3, num_beams=2, custom_generate=evospec_hf.custom_generate, drafter=drafter,
             evospec_config=EvoSpecConfig(),
         )  # fmt: skip
-    with pytest.raises(ValueError, match="prompt_lookup_num_tokens"):
-        target.generate(
-            PROMPT, max_new_tokens=3, prompt_lookup_num_tokens=3, assistant_model=drafter, evospec_config=EvoSpecConfig()
-        )
+
+
+@pytest.mark.parametrize(
+    "flag", [dict(prompt_lookup_num_tokens=3), dict(assistant_early_exit=1), dict(use_mtp=True),
+             dict(speculation_type="dflash")], ids=lambda flag: next(iter(flag)),
+)  # fmt: skip
+@pytest.mark.parametrize("rows", [1, 2])
+def test_transformers_other_drafting_strategies_are_refused_by_name(target, drafter, flag, rows):
+    (name,) = flag
+    prompt = PROMPT.repeat(rows, 1)
+    with pytest.raises(ValueError, match=f"`{name}` selects another drafting strategy"):
+        target.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=3, assistant_model=drafter,
+                        evospec_config=EvoSpecConfig(), **flag)  # fmt: skip
 
 
 def test_drafter_of_another_dtype_is_handled(target):
