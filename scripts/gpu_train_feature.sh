@@ -18,7 +18,7 @@ export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD PYTHONUNBUFFERED=1 EVOSPEC_HF_
 export TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1  # TF32 matrix products for the training steps (the teacher stays fp32)
 LOG=/tmp/train-$NAME.log
 # the same conversion as evospec_hf.models.targets: the GGUF dequantised to an fp32 folder
-python3 - "$GGUF" "/tmp/$NAME" <<'PY' >"$LOG" 2>&1 || { tail -20 "$LOG"; exit 1; }
+[ -f "/tmp/$NAME/config.json" ] || python3 - "$GGUF" "/tmp/$NAME" <<'PY' >"$LOG" 2>&1 || { tail -20 "$LOG"; exit 1; }
 import sys
 from pathlib import Path
 
@@ -32,6 +32,10 @@ if hasattr(model.config, "quantization_config"):
     del model.config.quantization_config
 model.save_pretrained(folder)
 PY
+if [ -n "${SCREENED_HEAD:-}" ]; then  # the int8 screen of the target's own head, timed before the training starts
+    timeout 240 python3 benchmarks/gpu_screened_head.py --model "/tmp/$NAME" --chunks "$CHUNKS" \
+        --out "$OUT/screened_head.json" 2>&1 | tee "$OUT/screened_head.txt"
+fi
 python3 scripts/distill_drafter.py --kind feature --target "/tmp/$NAME" --target-name "$NAME" \
     --chunks-file "$CHUNKS" --out "/tmp/run-$NAME" --layers 1 --feature-layers=-1 --unroll 3 --steps "$STEPS" \
     --batch "$BATCH" --lr "$LR" --lora-rank 64 --save-every 500 --no-static-table \

@@ -146,8 +146,9 @@ def screen_block_maxima_reference(
     """The kernel's contract in torch (int64 products, then the same float steps)."""
     positions = h.shape[0]
     act, act_scale, norm, term = bound_inputs(h, positions)
-    first = (q.long() @ act[0].long().T).float()
-    rest = (q.long() @ act[1].long().T).float()
+    # int64 products on the CPU (CUDA has no integer matmul), exact like the kernel's int32 accumulators
+    first = (q.cpu().long() @ act[0].cpu().long().T).float().to(q.device)
+    rest = (q.cpu().long() @ act[1].cpu().long().T).float().to(q.device)
     approx = first * row_scale[:, None] * act_scale[0][None, :] + rest * row_scale[:, None] * act_scale[1][None, :]
     upper = approx + weight_error[:, None] * norm[None, :] + weight_norm[:, None] * term[None, :]
     if bias is not None:
