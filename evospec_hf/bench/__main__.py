@@ -1,4 +1,4 @@
-"""`python -m evospec_hf.bench`: see `main`'s --help."""
+"""`evospec-hf bench` (or `python -m evospec_hf.bench`): see `main`'s --help."""
 
 from __future__ import annotations
 
@@ -21,18 +21,18 @@ DESCRIPTION = """Benchmarks decoding methods side by side on the same prompts, g
 Every lossless method's output is checked against plain greedy output; a mismatch stops the run with exit code 1
 and names the prompt. Writes results.json, results.md, speedup.png and tau.png into --out.
 
-Example: python -m evospec_hf.bench --drafter checkpoints/gemma-3-270m-drafter-l2 --out results/bench/gemma
+Example: evospec-hf bench --drafter checkpoints/gemma-3-270m-drafter-l2 --out results/bench/gemma
 """
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m evospec_hf.bench", description=DESCRIPTION,
+    parser = argparse.ArgumentParser(prog="evospec-hf bench", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--drafter", required=True, help="an evospec_hf drafter checkpoint folder")
     parser.add_argument("--feature-drafter", default=None,
                         help="a feature drafter checkpoint folder, for the methods named feature:<method>")
     parser.add_argument("--exit-head", default=None,
-                        help="an exit head folder (scripts/train_exit_head.py), for the methods with +hispec")
+                        help="an exit head folder (evospec-hf train-exit-head), for the methods with +hispec")
     parser.add_argument("--target", default=None, help="a known target name or a model folder (default: the drafter's)")
     parser.add_argument("--methods", default=None,
                         help="comma-separated; see bench/methods.py (default: DEFAULT_METHODS, plus the +hispec and "

@@ -12,7 +12,7 @@ Names (`--methods`):
 - `full-vocab`: evospec_hf's draft loop with no shortlist (the same drafter's full-vocabulary tau).
 - `fr-spec-<N>k`: the static FR-Spec list of the N*1024 most frequent corpus tokens (`shortlist="static"`).
 - `vocabtrim-<N>k`: a static list of the N*1024 tokens the drafter itself emits most on calibration text
-  (`evospec_vocabtrim.json` in the drafter folder, from `scripts/build_vocabtrim_shortlist.py`).
+  (`evospec_vocabtrim.json` in the drafter folder, from `evospec-hf build-vocabtrim-shortlist`).
 - `router-<N>k`: the DynaSpec cluster router alone (`shortlist="router"`).
 - `evospec-<N>k`: router, context tokens and the retrieval indexes (`shortlist="evospec"`).
 - `evospec-online-<N>k`: evospec with a fresh `EvoSpecSession` per generation that learns online.
@@ -125,7 +125,7 @@ def build_methods(
         options = {"fast_verify_head": fast_verify_head, "draft_schedule": draft_schedule, "screen_head": screen_head}
         if name.endswith(HISPEC_SUFFIX) or f"{HISPEC_SUFFIX}+" in name:
             if exit_head is None:
-                raise ValueError(f"method {name!r} needs an exit head (--exit-head, from scripts/train_exit_head.py)")
+                raise ValueError(f"method {name!r} needs an exit head (--exit-head, from evospec-hf train-exit-head)")
             options["intermediate_verifier"] = exit_head
         if num_draft_tokens is not None:
             options["num_draft_tokens"] = num_draft_tokens
@@ -199,7 +199,7 @@ def _build_base(name, drafter, adapting_drafter, draft, online) -> Method:
         if not os.path.isfile(path):
             raise FileNotFoundError(
                 f"vocabtrim needs {VOCABTRIM_NAME} in the drafter folder ({path!r} is missing): build it with "
-                "`python scripts/build_vocabtrim_shortlist.py --checkpoint <drafter folder>`."
+                "`evospec-hf build-vocabtrim-shortlist --checkpoint <drafter folder>`."
             )
         options["static_shortlist_path"] = path
     config = EvoSpecConfig(**options)

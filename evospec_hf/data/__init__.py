@@ -4,7 +4,7 @@
 - `mixture`: ten kinds of text people send to `generate` (code, prose, questions, chat, math, translation, ...):
   `load_mixture`, `mixture_chunks`.
 - `continuations`: the target's own greedy continuations of mixture prompts (self-distillation data), written by
-  `scripts/generate_continuations.py`: `load_continuations`, `continuation_chunks`.
+  `evospec-hf continuations`: `load_continuations`, `continuation_chunks`.
 """
 
 from .continuations import ContinuationConfig, continuation_chunks, load_continuations

@@ -12,7 +12,7 @@ resumes where it stopped (ids already written are skipped):
 says an EOS was reached before `max_new_tokens`. `<dir>/meta.json` holds the `ContinuationConfig` that wrote
 them; resuming with a different one is refused, so one folder never mixes prompt lengths or targets.
 
-    python scripts/generate_continuations.py --target gemma-3-270m --out cont/ --per-kind 200
+    evospec-hf continuations --target gemma-3-270m --out cont/ --per-kind 200
     rows = load_continuations("cont/")            # datasets.Dataset
     seqs = continuation_chunks("cont/")           # [(kind, LongTensor prompt + continuation)]
 """
@@ -270,7 +270,7 @@ def load_continuations(directory, kinds=None):
 
     path = Path(directory) / ROWS_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"no {ROWS_FILE} in {directory}: write one with scripts/generate_continuations.py")
+        raise FileNotFoundError(f"no {ROWS_FILE} in {directory}: write one with evospec-hf continuations")
     seen, rows = set(), []
     for row in _read_rows(path):
         if row["id"] in seen or (kinds is not None and row["kind"] not in kinds):

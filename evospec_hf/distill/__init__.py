@@ -1,1 +1,1 @@
-"""Offline distillation of drafters from their target (`scripts/distill_drafter.py` drives it)."""
+"""Offline distillation of drafters from their target (`evospec-hf distill` drives it)."""

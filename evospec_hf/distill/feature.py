@@ -1,6 +1,6 @@
 """Distilling a feature drafter (EAGLE-style) from its target: the teacher cache, the unrolled loss, the training loop.
 
-`scripts/distill_drafter.py --kind feature` drives it; `accelerate launch` runs it data-parallel on several
+`evospec-hf distill --kind feature` drives it; `accelerate launch` runs it data-parallel on several
 processes (CPU or GPU, one machine or several).
 
 1. **Teacher cache** (`cache_teacher`): for every training chunk, the target's hidden states at the drafter's

@@ -193,8 +193,8 @@ class OnlineAlignmentConfig(JsonConfigMixin):
                 "After each update, every trained weight moves this fraction of the way back to the session's "
                 "starting adapter (the shipped one): what one text teaches fades unless the next texts teach it "
                 "again, so one text does not overwrite the domain. 0 disables. On Gemma's feature drafter over 20 "
-                "code texts (scripts/replay_learning_stream.py): the next texts' agreement fell 8 points with 0, "
-                "1.6-2 points with 0.05, 0.3-0.6 points (noise) with 0.2."
+                "code texts (a replay of recorded streams, results/streams/replay-code): the next texts' agreement "
+                "fell 8 points with 0, 1.6-2 points with 0.05, 0.3-0.6 points (noise) with 0.2."
             )
         },
     )

@@ -1,7 +1,7 @@
 """Drafters built from their target: a few of the target's decoder layers, its final norm and its LM head.
 
 No pretrained drafter shares Gemma-3's or SmolLM2's tokenizer offline, so evospec_hf makes one from the target
-and distils it (`scripts/distill_drafter.py`). The input embedding and the LM head are the target's own modules,
+and distils it (`evospec-hf distill`). The input embedding and the LM head are the target's own modules,
 shared rather than copied: at |V| = 262,144 x 640 each copy would cost 670 MB, and the drafter never trains them.
 
 Two kinds:

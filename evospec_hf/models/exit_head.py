@@ -3,7 +3,7 @@
 The intermediate verifier (`evospec_hf.generation.hispec`) runs the target's own first layers, unchanged (their
 outputs are the target's, so its KV entries equal the target's for those layers), then the model's final norm, this
 head's projection, and the target's LM head over a shortlist. Only the projection is trained
-(`scripts/train_exit_head.py`, KD on the target's top-k next-token distribution); it starts as the identity, which
+(`evospec-hf train-exit-head`, KD on the target's top-k next-token distribution); it starts as the identity, which
 is the plain early exit (LayerSkip's, without training the layers).
 
 A head folder holds `evospec_exit.json` (`{"format", "version", "target", "layer", "hidden_size",
@@ -68,7 +68,7 @@ class ExitHead(nn.Module):
         folder = Path(folder)
         path = folder / EXIT_CONFIG
         if not path.is_file():
-            raise FileNotFoundError(f"no {EXIT_CONFIG} in {str(folder)!r}: make one with scripts/train_exit_head.py")
+            raise FileNotFoundError(f"no {EXIT_CONFIG} in {str(folder)!r}: make one with evospec-hf train-exit-head")
         config = json.loads(path.read_text())
         if config.get("format") != FORMAT_NAME:
             raise ValueError(f"{path} is not an exit head (format {config.get('format')!r}, expected {FORMAT_NAME!r})")

@@ -72,7 +72,7 @@ class TokenClusters:
 
         path = os.path.join(folder, CLUSTERS_NAME)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path} is missing; build clusters with `python scripts/train_router.py`.")
+            raise FileNotFoundError(f"{path} is missing; build clusters with `evospec-hf train-router`.")
         try:
             tensors = load_file(path)
             order, offsets = tensors["order"].long(), tensors["offsets"].long()

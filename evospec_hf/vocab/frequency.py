@@ -2,7 +2,7 @@
 
 A table counts how often each token id of one tokenizer occurs in a corpus. It is saved as JSON together with the
 vocabulary size it was made for, so that loading it for another vocabulary fails loudly instead of drafting
-nonsense ids. `scripts/build_static_shortlist.py` builds one from text files.
+nonsense ids. `evospec-hf build-static-shortlist` builds one from text files.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ class FrequencyTable:
             path = os.path.join(path, TABLE_NAME)
         if not os.path.isfile(path):
             raise FileNotFoundError(
-                f"static shortlist file {path!r} does not exist; build it with `python scripts/build_static_shortlist.py`."
+                f"static shortlist file {path!r} does not exist; build it with `evospec-hf build-static-shortlist`."
             )
         stat = os.stat(path)
         table = _load_cached(path, stat.st_mtime_ns, stat.st_size)
@@ -169,7 +169,7 @@ def resolve_static_table(static_shortlist_path, drafter, vocab_size: int) -> Fre
     raise FileNotFoundError(
         f"shortlist='static' needs a token frequency table, but `static_shortlist_path` is not set and the drafter's "
         f"folder ({folder or 'none: the drafter was not loaded from a folder'!r}) has no {TABLE_NAME}. Build one "
-        f"with `python scripts/build_static_shortlist.py --out <drafter folder or file>`."
+        f"with `evospec-hf build-static-shortlist --out <drafter folder or file>`."
     )
 
 

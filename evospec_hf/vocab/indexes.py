@@ -7,7 +7,7 @@
   last tokens of the sequence; the answer is the tokens that followed them before, most frequent first. With an
   `EvoSpecSession` the counts outlive one `generate` call.
 * `ContextRetrieval`: what one drafting round asks of both (used by the candidate generator and by
-  `scripts/eval_shortlist_recall.py`, so the evaluation runs the generator's own code).
+  `benchmarks/shortlist_recall.py`, so the evaluation runs the generator's own code).
 
 The retrieved tokens go into the shortlist's context slots *before* the round's real context tokens, so real
 context tokens are the most recently seen and are evicted last.
@@ -135,7 +135,7 @@ class SemanticIndex:
         path = os.path.join(folder, SEMANTIC_NAME)
         if not os.path.isfile(path):
             raise FileNotFoundError(
-                f"{path} is missing; build it with `python scripts/build_semantic_index.py --checkpoint <folder>`."
+                f"{path} is missing; build it with `evospec-hf build-semantic-index --checkpoint <folder>`."
             )
         try:
             with safe_open(path, framework="pt") as f:
@@ -156,7 +156,7 @@ class SemanticIndex:
         if vocab_size is not None and neighbors.shape[0] != vocab_size:
             raise ValueError(
                 f"{path} was built for a vocabulary of {neighbors.shape[0]} tokens, but the drafter's LM head has "
-                f"{vocab_size}; rebuild it with `python scripts/build_semantic_index.py`."
+                f"{vocab_size}; rebuild it with `evospec-hf build-semantic-index`."
             )
         return cls(neighbors)
 
@@ -282,7 +282,7 @@ def _load_semantic_index(folder: str, lm_head: torch.nn.Module, k: int) -> Seman
     index = SemanticIndex.build(weight, k=k, progress=weight.shape[0] > EXACT_SEARCH_MAX_VOCAB)
     logger.warning(
         "shortlist='evospec': built the semantic index of %d tokens in memory in %.1f s (%s has no %s). Ship it with "
-        "`python scripts/build_semantic_index.py --checkpoint <drafter folder> --neighbors %d`.",
+        "`evospec-hf build-semantic-index --checkpoint <drafter folder> --neighbors %d`.",
         weight.shape[0], time.perf_counter() - start, folder or "the drafter has no folder and", SEMANTIC_NAME, k,
     )  # fmt: skip
     _SEMANTIC_CACHE[lm_head] = (key, index)

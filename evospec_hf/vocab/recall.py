@@ -1,6 +1,6 @@
 """Shortlist recall: the share of the target's greedy next tokens that the drafter's shortlist holds.
 
-Used by `scripts/train_router.py` (router quality) and `scripts/eval_shortlist_recall.py` (every mode). The
+Used by `evospec-hf train-router` (router quality) and `benchmarks/shortlist_recall.py` (every mode). The
 simulation runs the generator's own `DraftVocabulary` teacher-forced over a known text, in rounds: at the start of
 a round the vocabulary observes the text so far, then the round's draft positions are checked with
 `DraftVocabulary.holds` (the slots, plus the clusters the router picks at each position).

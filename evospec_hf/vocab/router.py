@@ -1,7 +1,7 @@
 """DynaSpec's cluster router: picks, at every draft step, the token clusters the next token is likely in.
 
 `ClusterRouter` is a light meta-classifier from the drafter's final hidden state to cluster scores, trained by
-`scripts/train_router.py` on the target's next-token distribution. `RoutedHead` turns its choice into logits:
+`evospec-hf train-router` on the target's next-token distribution. `RoutedHead` turns its choice into logits:
 the LM-head rows are kept in a cluster-contiguous copy (`clusters.order`), so the rows of a selected cluster are
 one contiguous block, read in place. Clusters are added best first until the step's token budget is spent
 (`RoutedHead.ranked_clusters`, the one place that rule lives). The budget is an argument, not state: one
@@ -62,7 +62,7 @@ class ClusterRouter(nn.Module):
         config_path, weights_path = os.path.join(folder, ROUTER_CONFIG), os.path.join(folder, ROUTER_WEIGHTS)
         for path in (config_path, weights_path):
             if not os.path.isfile(path):
-                raise FileNotFoundError(f"{path} is missing; train a router with `python scripts/train_router.py`.")
+                raise FileNotFoundError(f"{path} is missing; train a router with `evospec-hf train-router`.")
         try:
             with open(config_path) as f:
                 router = cls(**json.load(f))
@@ -152,7 +152,7 @@ def resolve_router_folder(router_path, drafter) -> str:
     raise FileNotFoundError(
         f"shortlist='router' needs a trained router, but `router_path` is not set and the drafter's folder "
         f"({folder or 'none: the drafter was not loaded from a folder'!r}) has no {ROUTER_CONFIG}. "
-        "Train one with `python scripts/train_router.py`."
+        "Train one with `evospec-hf train-router`."
     )
 
 

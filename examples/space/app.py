@@ -39,7 +39,7 @@ from evospec_hf import (
 )  # fmt: skip
 
 HERE = Path(__file__).resolve().parent
-# a deployed Space carries its checkpoints beside app.py (scripts/build_space.py); the repository has them at its root
+# a deployed Space carries its checkpoints beside app.py (evospec-hf build-space); the repository has them at its root
 CHECKPOINTS = Path(
     os.environ.get("EVOSPEC_CHECKPOINTS")
     or (HERE / "checkpoints" if (HERE / "checkpoints").is_dir() else HERE.parent.parent / "checkpoints")

@@ -74,7 +74,7 @@ def test_method_names():
         build_methods(["fr-spec", "fr-spec-16k"], drafter)
     with pytest.raises(ValueError, match="needs a drafter"):
         build_methods(["hf-assisted"])
-    with pytest.raises(FileNotFoundError, match="build_vocabtrim_shortlist"):
+    with pytest.raises(FileNotFoundError, match="build-vocabtrim-shortlist"):
         build_methods(["vocabtrim"], drafter)
     with pytest.raises(ValueError, match="adapting_drafter"):
         build_methods(["evospec-online"], drafter)

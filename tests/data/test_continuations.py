@@ -1,10 +1,9 @@
 """Continuation data: the loader round-trips what a writer wrote, the writer resumes, and left-padded batches give
 the same greedy tokens as one prompt at a time. Tiny models from configs and a byte tokenizer; nothing downloads."""
 
-import importlib.util
+import importlib
 import json
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -87,7 +86,7 @@ def test_chunks_are_prompt_then_continuation_of_the_train_split(tmp_path):
 
 
 def test_loader_names_the_script_when_the_folder_is_empty(tmp_path):
-    with pytest.raises(FileNotFoundError, match="generate_continuations"):
+    with pytest.raises(FileNotFoundError, match="evospec-hf continuations"):
         load_continuations(tmp_path)
 
 
@@ -175,17 +174,14 @@ def test_prompts_end_where_a_templated_answer_starts(monkeypatch, tokenizer):
 # ------------------------------------------------------------------------------------------------ the script
 @pytest.fixture
 def script(monkeypatch, tmp_path, tokenizer):
-    """scripts/generate_continuations.py, loaded as a module, with a tiny target and five plain-text documents;
+    """evospec-hf continuations, loaded as a module, with a tiny target and five plain-text documents;
     argv asks for 4 prompts of 24 tokens, 5 new tokens each, in batches of 3, written to tmp_path."""
     import evospec_hf
 
     texts = [f"Some plain text number {i} " * (i + 1) for i in range(5)]
     monkeypatch.setitem(mixture._complete, "prose", _docs("prose", texts, [-1] * 5))
     monkeypatch.setattr(evospec_hf, "load_target", lambda name: (tiny_llama(0, vocab_size=VOCAB), tokenizer))
-    path = Path(__file__).resolve().parents[2] / "scripts" / "generate_continuations.py"
-    spec = importlib.util.spec_from_file_location("generate_continuations", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = importlib.import_module("evospec_hf.commands.continuations")
     argv = ["x", "--target", "tiny", "--out", str(tmp_path), "--kinds", "prose", "--per-kind", "4",
             "--prompt-tokens", "24", "--max-new-tokens", "5", "--batch-size", "3"]  # fmt: skip
     monkeypatch.setattr(sys, "argv", argv)

@@ -1,4 +1,4 @@
-"""Distilling a feature drafter (`evospec_hf.distill.feature`, `scripts/distill_drafter.py --kind feature`): the
+"""Distilling a feature drafter (`evospec_hf.distill.feature`, `evospec-hf distill --kind feature`): the
 teacher cache resumes and splits across processes, training resumes where it stopped, the unrolled loss trains later
 draft steps on the drafter's own states, and `accelerate launch` runs it data-parallel on two CPU processes with the
 same result as one process."""
@@ -151,7 +151,7 @@ def test_accelerate_launch_two_cpu_processes_matches_one(target, chunks, tmp_pat
     target.save_pretrained(tmp_path / "target")
     torch.save({"train": chunks[:8], "heldout": chunks[8:]}, tmp_path / "chunks.pt")
     common = [
-        str(REPO / "scripts" / "distill_drafter.py"), "--kind", "feature", "--target", str(tmp_path / "target"),
+        "-m", "evospec_hf.commands.distill", "--kind", "feature", "--target", str(tmp_path / "target"),
         "--chunks-file", str(tmp_path / "chunks.pt"), "--steps", "4", "--batch", "4", "--lora-rank", "4",
         "--topk", "8", "--negatives", "4096", "--no-static-table", "--cpu",
     ]  # fmt: skip
@@ -174,7 +174,7 @@ def test_accelerate_launch_two_cpu_processes_matches_one(target, chunks, tmp_pat
 
 
 def test_a_lent_machine_generates_continuations_and_continues_a_drafter(target, chunks, tmp_path):
-    """What `scripts/gpu_train_feature.sh` runs: the chunks file carries prompts, the script generates the target's
+    """What `scripts/gpu_train_feature.sh` runs on a lent GPU: the chunks file carries prompts, the script generates the target's
     greedy continuations of them there (cut into `--seq-len` chunks, kept in `--out` for a restart) and continues
     training a saved drafter's adapter (`--init-adapter`): its 'before' agreement is that drafter's, not zero."""
     target.save_pretrained(tmp_path / "target")
@@ -182,7 +182,7 @@ def test_a_lent_machine_generates_continuations_and_continues_a_drafter(target, 
     torch.save({"train": chunks[:8], "heldout": chunks[8:], "prompts": prompts}, tmp_path / "chunks.pt")
     env = dict(os.environ, OMP_NUM_THREADS="1", EVOSPEC_HF_CACHE=str(tmp_path / "cache"))
     common = [
-        sys.executable, str(REPO / "scripts" / "distill_drafter.py"), "--kind", "feature", "--target",
+        sys.executable, "-m", "evospec_hf.commands.distill", "--kind", "feature", "--target",
         str(tmp_path / "target"), "--chunks-file", str(tmp_path / "chunks.pt"), "--batch", "4", "--lora-rank", "4",
         "--topk", "8", "--negatives", "64", "--no-static-table", "--cpu", "--seq-len", "16", "--lr", "1e-2",
     ]  # fmt: skip

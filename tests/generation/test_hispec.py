@@ -100,5 +100,5 @@ def test_an_exit_head_for_another_target_is_refused(setup, tmp_path):
     path = exit_folder(other, tmp_path / "exit")
     with pytest.raises(ValueError, match="was made for"):
         ExitHead.from_pretrained(path, target)
-    with pytest.raises(FileNotFoundError, match="train_exit_head"):
+    with pytest.raises(FileNotFoundError, match="train-exit-head"):
         ExitHead.from_pretrained(tmp_path, target)

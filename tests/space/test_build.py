@@ -1,6 +1,5 @@
-"""`scripts/build_space.py`: a Space folder that deploys as it is."""
+"""`evospec-hf build-space`: a Space folder that deploys as it is."""
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -9,9 +8,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_space_folder_holds_the_app_its_source_and_checkpoints(tmp_path):
-    spec = importlib.util.spec_from_file_location("build_space", ROOT / "scripts" / "build_space.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    from evospec_hf.commands import build_space as module
+
     out = module.build(tmp_path / "space")
     front_matter = (out / "README.md").read_text().split("---")[1]
     for line in ("sdk: gradio", "app_file: app.py", "license: apache-2.0", "google/gemma-3-270m"):

@@ -28,7 +28,7 @@ def test_save_load_round_trip(tmp_path):
 
 
 def test_missing_file_says_how_to_build_one(tmp_path):
-    with pytest.raises(FileNotFoundError, match="build_static_shortlist"):
+    with pytest.raises(FileNotFoundError, match="build-static-shortlist"):
         FrequencyTable.load(tmp_path / "nope.json")
 
 

@@ -47,7 +47,7 @@ def test_semantic_index_save_load_and_errors(tmp_path):
     assert torch.equal(loaded.neighbors, index.neighbors) and loaded.k == 2
     with pytest.raises(ValueError, match="vocabulary of 60 tokens"):
         SemanticIndex.load(tmp_path, vocab_size=61)
-    with pytest.raises(FileNotFoundError, match="build_semantic_index"):
+    with pytest.raises(FileNotFoundError, match="build-semantic-index"):
         SemanticIndex.load(tmp_path / "nowhere")
     path = tmp_path / indexes.SEMANTIC_NAME
     save_file({"neighbors": torch.full((4, 2), 9, dtype=torch.int32)}, path, metadata=dict(

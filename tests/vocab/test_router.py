@@ -96,5 +96,5 @@ def test_missing_router_is_explained():
 
     from ..conftest import tiny_llama
 
-    with pytest.raises(FileNotFoundError, match="train_router.py"):
+    with pytest.raises(FileNotFoundError, match="evospec-hf train-router"):
         resolve_router_folder(None, tiny_llama(seed=0))

@@ -1,7 +1,7 @@
 """ROUGE (F-measure) as an `evaluate` metric module, read from this file (`evaluate.load(<path>)`), not the Hub.
 
 The scores come from Google's `rouge_score` package, as in the Hub's `rouge` module: rouge1, rouge2 and rougeL,
-with stemming. Used by `scripts/evaluate_lossy.py` to compare a lossy method's text with plain greedy text.
+with stemming. Used by `benchmarks/lossy.py` to compare a lossy method's text with plain greedy text.
 """
 
 import datasets

@@ -1,6 +1,6 @@
 """Builds the token frequency table behind `shortlist='static'` (FR-Spec) from local text files.
 
-    python scripts/build_static_shortlist.py --tokenizer ./gemma-3-270m --files 'corpus/*.txt' --out freq.json
+    evospec-hf build-static-shortlist --tokenizer ./gemma-3-270m --files 'corpus/*.txt' --out freq.json
 
 Files are read through `datasets` (the 'text' builder: one example per line, or per file with --sample-by file);
 nothing is downloaded. The table stores the vocabulary size, so a drafter with another vocabulary refuses it.
@@ -15,8 +15,8 @@ from transformers import AutoTokenizer
 from evospec_hf.vocab import build_frequency_table
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="evospec-hf build-static-shortlist", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokenizer", required=True, help="local tokenizer folder (or a GGUF folder with --gguf-file)")
     parser.add_argument("--gguf-file", default=None)
     parser.add_argument("--files", nargs="+", required=True, help="text files or glob patterns")
@@ -24,7 +24,7 @@ def main():
     parser.add_argument("--vocab-size", type=int, default=None, help="drafter LM-head rows, if not len(tokenizer)")
     parser.add_argument("--sample-by", choices=["line", "paragraph", "document"], default="paragraph")
     parser.add_argument("--max-examples", type=int, default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     files = sorted({f for pattern in args.files for f in glob.glob(pattern, recursive=True)})
     if not files:

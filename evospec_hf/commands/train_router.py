@@ -1,6 +1,6 @@
 """Trains the DynaSpec cluster router of a drafter checkpoint, and reports shortlist recall.
 
-    python scripts/train_router.py --checkpoint checkpoints/gemma-3-270m-drafter-l2
+    evospec-hf train-router --checkpoint checkpoints/gemma-3-270m-drafter-l2
 
 1. clusters: faiss k-means over the target's LM-head rows, sizes bounded (see evospec_hf/vocab/clusters.py);
 2. data: the drafter's final hidden states on the distillation chunks, labelled with the target's top-k next-token
@@ -11,8 +11,8 @@
 5. save: `evospec_router.json`, `evospec_router.safetensors`, `evospec_clusters.safetensors` and
    `router_report.json` into the checkpoint.
 
-`shortlist="evospec"` also needs the semantic index (`scripts/build_semantic_index.py`); the recall of every mode,
-simulated round by round as generation builds the shortlist, is `scripts/eval_shortlist_recall.py`.
+`shortlist="evospec"` also needs the semantic index (`evospec-hf build-semantic-index`); the recall of every mode,
+simulated round by round as generation builds the shortlist, is `benchmarks/shortlist_recall.py`.
 """
 
 from __future__ import annotations
@@ -104,8 +104,8 @@ def update_model_card(card_path: Path, report: dict) -> None:
     card_path.write_text(card + "\n".join(lines) + "\n")
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="evospec-hf train-router", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--clusters", type=int, default=1024)
     parser.add_argument("--max-cluster-size", type=int, default=None, help="default: twice the mean")
@@ -118,7 +118,7 @@ def main():
     parser.add_argument("--teacher-cache", default=None,
                         help="a feature teacher cache folder to train on (default: the one distill_report.json names; "
                              "e.g. a local one when the drafter was distilled on another machine)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
     folder = Path(args.checkpoint)
     config = EvoSpecDrafter.read_config(folder)
@@ -142,7 +142,7 @@ def main():
         )
     shards = sorted(teacher_dir.glob("shard_*.pt"))
     if not shards:
-        raise SystemExit(f"no teacher cache in {teacher_dir}: run scripts/distill_drafter.py first")
+        raise SystemExit(f"no teacher cache in {teacher_dir}: run evospec-hf distill first")
     features, labels = [], []
     for path in tqdm(shards, desc="drafter hidden states", unit="shard"):
         for rec in torch.load(path):

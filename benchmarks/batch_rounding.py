@@ -1,8 +1,8 @@
 """How often a row of a batched greedy call differs from the same prompt generated alone, for plain `generate` and
 for evospec_hf, and whether each evospec_hf row equals plain batched greedy's row.
 
-    python scripts/measure_batch_rounding.py --out results/batch_rounding
-    python scripts/measure_batch_rounding.py --archs llama,gemma3 --dtypes fp32 --batches 2   # a quick look
+    python benchmarks/batch_rounding.py --out results/batch_rounding
+    python benchmarks/batch_rounding.py --archs llama,gemma3 --dtypes fp32 --batches 2   # a quick look
 
 Plain batched greedy and the same prompt alone compute different kernels: rows padded on the left attend over
 masked columns, and matmuls over several rows can round differently from one row (transformers issue 25921). In
@@ -10,7 +10,7 @@ fp32 that flips a greedy choice only at near-ties; in half precision more often.
 each row equal to plain *batched* greedy's row (`evospec_vs_plain_batch`, which must be 0 in fp32); its difference
 from the prompt alone (`evospec_vs_alone`) is then the same rounding as plain's (`plain_vs_alone`).
 
-The architectures are `measure_half_precision.py`'s tiny ones (built from configs, seeded; nothing downloaded).
+The architectures are `evospec_hf.bench.tiny`'s (built from configs, seeded; nothing downloaded).
 Each batch holds 4 random prompts of 3 to 24 tokens, left-padded; 48 new tokens; the drafter is the target plus 2%
 noise. Writes `results.json` and `results.md` into `--out`.
 """
@@ -23,11 +23,11 @@ import platform
 from pathlib import Path
 
 import torch
-from measure_half_precision import DTYPES, VOCAB, _configs, build, noisy_copy
 from tqdm import tqdm
 
 import evospec_hf
 from evospec_hf import EvoSpecConfig
+from evospec_hf.bench.tiny import DTYPES, VOCAB, build, configs, noisy_copy
 
 NEW_TOKENS = 48
 
@@ -77,7 +77,7 @@ COLUMNS = ("plain_vs_alone", "evospec_vs_plain_batch", "evospec_vs_alone", "evos
 def markdown(records: list[dict], args) -> str:
     lines = [
         "# Batched greedy against the same prompt alone", "",
-        f"`python scripts/measure_batch_rounding.py {' '.join(args.argv)}`", "",
+        f"`python benchmarks/batch_rounding.py {' '.join(args.argv)}`", "",
         f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {NEW_TOKENS} new tokens, batches "
         "of 4 left-padded prompts. Rows that differ:", "",
         "| dtype | rows | " + " | ".join(COLUMNS) + " |", "|---|---:|" + "---:|" * len(COLUMNS),
@@ -99,7 +99,7 @@ def markdown(records: list[dict], args) -> str:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--archs", default=",".join(a for a in _configs() if a != "llama-wide"))
+    parser.add_argument("--archs", default=",".join(a for a in configs() if a != "llama-wide"))
     parser.add_argument("--dtypes", default="fp32,bf16")
     parser.add_argument("--batches", type=int, default=5, help="batches of 4 prompts per architecture and dtype")
     parser.add_argument("--out", default="results/batch_rounding")

@@ -1,7 +1,7 @@
 """Writes a Hugging Face Space folder that deploys as it is: the demo (`examples/space`), the evospec_hf source it
 installs (`evospec_hf_src/`, named in its requirements.txt) and the shipped feature drafters (`checkpoints/`).
 
-    python scripts/build_space.py --out dist/space
+    evospec-hf build-space --out dist/space
     cd dist/space && git init && git add . && git commit -m "evospec_hf demo" && git push <your Space's repo>
 """
 
@@ -9,12 +9,14 @@ import argparse
 import shutil
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # a source checkout: examples/space and checkpoints/ live there
 CHECKPOINTS = ("gemma-3-270m-feature-l1", "smollm2-135m-feature-l1")
 SOURCE = ("evospec_hf", "setup.cfg", "pyproject.toml", "README.md", "LICENSE")
 
 
 def build(out: Path) -> Path:
+    if not (ROOT / "examples" / "space").is_dir():
+        raise SystemExit(f"{ROOT} is not a source checkout of evospec_hf (no examples/space): run this from a clone")
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(ROOT / "examples" / "space", out, ignore=shutil.ignore_patterns("__pycache__"))
@@ -34,10 +36,10 @@ def build(out: Path) -> Path:
     return out
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="evospec-hf build-space", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="dist/space")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     out = build(Path(args.out))
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"wrote {out} ({size / 1e6:.1f} MB): app.py, requirements.txt, evospec_hf_src/, checkpoints/")

@@ -1,6 +1,6 @@
 """Online alignment on a real pair: long generations and a topic switch, with the session learning or not.
 
-    python scripts/evaluate_online_alignment.py --checkpoint checkpoints/gemma-3-270m-drafter-l2 --out results/online
+    python benchmarks/online_alignment.py --checkpoint checkpoints/gemma-3-270m-drafter-l2 --out results/online
 
 For each scenario it generates greedily with plain `generate` (the reference and the tokens/s baseline), then with
 evospec_hf and an `EvoSpecSession` that does not learn ("off"), then with one that learns ("on"). The three outputs

@@ -1,6 +1,6 @@
 """Trains HiSpec's exit head for a target: its next-token prediction after the first `--layer` decoder layers.
 
-    python scripts/train_exit_head.py --target gemma-3-270m --layer 6 --out checkpoints/gemma-3-270m-exit-l6
+    evospec-hf train-exit-head --target gemma-3-270m --layer 6 --out checkpoints/gemma-3-270m-exit-l6
 
 1. teacher: the target's hidden states after `--layer` layers and its top-k logits on mixture chunks (every kind of
    text in `evospec_hf.data`), cached in `<cache>/feature-teacher-v2-<target>-...-<layer>-<k>/` (resumable, shared
@@ -29,8 +29,8 @@ from evospec_hf.models import default_cache_dir
 from evospec_hf.models.exit_head import ExitHead
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="evospec-hf train-exit-head", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", default="gemma-3-270m", help="a name evospec_hf.load_target knows")
     parser.add_argument("--layer", type=int, required=True, help="decoder layers before the exit")
     parser.add_argument("--out", required=True)
@@ -44,7 +44,7 @@ def main():
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -96,7 +96,7 @@ def model_card(target: str, report: dict) -> str:
 
 The intermediate verifier of `EvoSpecConfig(intermediate_verifier=<this folder>)`: {target}'s own first
 {report['layer']} of {report['of_layers']} decoder layers, its final norm, this head's projection and its LM head.
-Trained by `scripts/train_exit_head.py` ({report['steps']} steps of {report['batch']} chunks, top-{report['topk']}
+Trained by `evospec-hf train-exit-head` ({report['steps']} steps of {report['batch']} chunks, top-{report['topk']}
 KD on {report['train_chunks']} chunks of {report['seq_len']} tokens).
 
 How often its prediction is the target's on held-out text ({report['eval_chunks']} chunks), as the plain early exit

@@ -1,6 +1,6 @@
 """Where a verification round's time goes: the target's forward over k + 1 positions, body and LM head apart.
 
-    python scripts/profile_verification.py --target gemma-3-270m
+    python benchmarks/verification_profile.py --target gemma-3-270m
 
 For k + 1 = 1 (plain greedy's step) to 11 positions after a 150-token context, it times the target's decoder body
 alone, and the whole forward with the LM head as `F.linear` (as transformers runs it) and as `W @ H.T`. During

@@ -1,6 +1,6 @@
 """Writes a target's own greedy continuations of mixture prompts (self-distillation data for drafters).
 
-    python scripts/generate_continuations.py --target gemma-3-270m --out cont/ --per-kind 200 \
+    evospec-hf continuations --target gemma-3-270m --out cont/ --per-kind 200 \
         --prompt-tokens 64 --max-new-tokens 128 --batch-size 8
 
 Prompts come from the 'train' split of every kind of `evospec_hf.data.mixture`. Rows go to
@@ -8,7 +8,7 @@ Prompts come from the 'train' split of every kind of `evospec_hf.data.mixture`. 
 skipped). Before writing, a few prompts are generated both batched and alone, and the run stops if they differ
 (left padding must not change greedy output). Read the rows with `evospec_hf.data.load_continuations(dir)`.
 
-    python scripts/generate_continuations.py --target gemma-3-270m --measure-batch-sizes 1 4 8 16
+    evospec-hf continuations --target gemma-3-270m --measure-batch-sizes 1 4 8 16
 
 times one batch per size (new tokens per second) and writes nothing.
 """
@@ -44,8 +44,8 @@ def measure(model, tokenizer, prompts, batch_sizes, max_new_tokens):
         )
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="evospec-hf continuations", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", default="gemma-3-270m", help="a name evospec_hf.load_target knows")
     parser.add_argument("--out", help="folder for continuations.jsonl and meta.json")
     parser.add_argument("--per-kind", type=int, default=100)
@@ -60,7 +60,7 @@ def main():
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--measure-batch-sizes", type=int, nargs="+", default=None, help="time these and exit")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.measure_batch_sizes is None and not args.out:
         parser.error("--out is required unless --measure-batch-sizes is given")
     if args.threads:

@@ -1,7 +1,7 @@
 """What AdaSD's LOSSY acceptance (`EvoSpecConfig.lossy_acceptance="adasd-js"`) costs in quality, next to the speed
 it buys: one table and one plot of quality against speed, per `lossy_js_scale`.
 
-    python scripts/evaluate_lossy.py --checkpoint checkpoints/gemma-3-270m-feature-l1 --scales 0.5,1,2,4 \
+    python benchmarks/lossy.py --checkpoint checkpoints/gemma-3-270m-feature-l1 --scales 0.5,1,2,4 \
         --out results/lossy/gemma-3-270m
 
 Every configuration generates greedily on the same prompts:

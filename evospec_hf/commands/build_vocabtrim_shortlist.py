@@ -1,6 +1,6 @@
 """Builds the VocabTrim-style list of a drafter checkpoint: the tokens the drafter itself emits on calibration text.
 
-    python scripts/build_vocabtrim_shortlist.py --checkpoint checkpoints/gemma-3-270m-drafter-l2
+    evospec-hf build-vocabtrim-shortlist --checkpoint checkpoints/gemma-3-270m-drafter-l2
 
 Calibration text is the train split of evospec_hf's domain corpora (the benchmark's prompts come from the held-out
 split). The drafter reads each chunk once; its greedy choice at every position is counted
@@ -25,14 +25,14 @@ from evospec_hf.vocab import build_drafter_emission_table
 from evospec_hf.vocab.frequency import TABLE_NAME, VOCABTRIM_NAME
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="evospec-hf build-vocabtrim-shortlist", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--chunks-per-domain", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-fill", action="store_true", help="list only the emitted tokens (no corpus-order fill)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     target, tokenizer = evospec_hf.load_target(EvoSpecDrafter.read_config(args.checkpoint)["target"])
     drafter = EvoSpecDrafter.from_pretrained(args.checkpoint, target=target)

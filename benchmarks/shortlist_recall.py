@@ -1,6 +1,6 @@
 """Shortlist recall per mode: the share of the target's greedy next tokens inside the drafter's shortlist.
 
-    python scripts/eval_shortlist_recall.py --checkpoint checkpoints/gemma-3-270m-drafter-l2
+    python benchmarks/shortlist_recall.py --checkpoint checkpoints/gemma-3-270m-drafter-l2
 
 Held-out text (`evospec_hf.data`, split 'heldout') goes teacher-forced through the target (its greedy next token
 after every position) and the drafter (its hidden states). The shortlist is then simulated as generation builds

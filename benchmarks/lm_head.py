@@ -6,8 +6,8 @@ for one position, plus the argmax that picks the draft token. The shortlist rows
 'static+context' mode sees after each verification). 'gather per step' is the naive shortlist head that indexes the
 full matrix at every step, for comparison.
 
-    python scripts/bench_lm_head.py            # CPU, torch path
-    python scripts/bench_lm_head.py --device cuda   # adds the Triton kernel
+    python benchmarks/lm_head.py            # CPU, torch path
+    python benchmarks/lm_head.py --device cuda   # adds the Triton kernel
 """
 
 import argparse

@@ -1,6 +1,6 @@
 """Distils a small drafter from its target, on a 2-core CPU, resumably.
 
-    python scripts/distill_drafter.py --target gemma-3-270m --layers 2 --out checkpoints/gemma-3-270m-drafter-l2
+    evospec-hf distill --target gemma-3-270m --layers 2 --out checkpoints/gemma-3-270m-drafter-l2
 
 The drafter is the target's first `--layers` decoder layers with the target's final norm and (frozen, shared) LM
 head. It learns PEFT LoRA adapters on every linear layer of those decoder layers, by knowledge distillation on the
@@ -18,11 +18,11 @@ Every stage resumes where it stopped (teacher shards on disk, training state eve
 
 `--kind feature` distils an EAGLE-style feature drafter instead (`evospec_hf.distill.feature`: the target's hidden
 states and top-k logits cached, KD plus feature regression unrolled over draft steps), on the text mixture and the
-target's own continuations (`--data mixture --continuations <folder of scripts/generate_continuations.py>`):
+target's own continuations (`--data mixture --continuations <folder of evospec-hf continuations>`):
 
-    python scripts/distill_drafter.py --kind feature --target gemma-3-270m --out runs/gemma-feature --steps 1800
-    accelerate launch --multi_gpu --num_processes 8 scripts/distill_drafter.py --kind feature ...   # data-parallel
-    accelerate launch --multi_gpu --num_processes 2 scripts/distill_drafter.py --kind feature ... --cpu   # CPU, gloo
+    evospec-hf distill --kind feature --target gemma-3-270m --out runs/gemma-feature --steps 1800
+    accelerate launch --multi_gpu --num_processes 8 -m evospec_hf.commands.distill --kind feature ...   # data-parallel
+    accelerate launch --multi_gpu --num_processes 2 -m evospec_hf.commands.distill --kind feature ... --cpu   # CPU, gloo
 
 (On CPU, accelerate's own `--cpu` launch flag starts a single process; pass `--multi_gpu` to accelerate and
 `--cpu` to this script.)
@@ -38,7 +38,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from evospec_hf.data import DOMAINS, load_domain_corpus, token_chunks
@@ -95,8 +94,8 @@ def agreement(target, drafter, chunks) -> dict:
     return {d: round(hits[d] / totals[d], 4) for d in totals}
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="evospec-hf distill", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kind", choices=("token", "feature"), default="token",
                         help="token: the target's first layers reading tokens; feature: EAGLE-style (see above)")
     parser.add_argument("--target", default="gemma-3-270m", help="a known target name, or a local model folder")
@@ -148,12 +147,12 @@ def main():
     feature.add_argument("--target-name", default=None, help="the name recorded in the checkpoint (default --target)")
     feature.add_argument("--no-static-table", action="store_true", help="do not build the static shortlist table")
     feature.add_argument("--cpu", action="store_true", help="run on CPU even when a GPU is present")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.kind == "feature":
         return main_feature(args)
-    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict, get_peft_model_state_dict
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -426,7 +425,7 @@ tags: [speculative-decoding, drafter, eagle, lora]
 
 An EAGLE-style drafter: the last {report['layers']} decoder layer(s) of {report['target']}, reading at each position the
 target's own hidden states (layers {report['feature_layers']}) together with the next token's embedding, then the
-target's final norm and (shared, frozen) LM head. Distilled by `scripts/distill_drafter.py --kind feature`: LoRA
+target's final norm and (shared, frozen) LM head. Distilled by `evospec-hf distill --kind feature`: LoRA
 (rank {report['lora_rank']}) and the two input projections, top-{report['topk']} KD plus hidden-state regression,
 unrolled over {report['unroll']} draft steps; {report['steps']} steps of {report.get('batch', '?')} chunks
 on {report.get('device', 'cpu')}, {report['train_chunks']} chunks of {report['seq_len']} tokens.{continued}
@@ -471,7 +470,7 @@ tags: [speculative-decoding, drafter, lora]
 # evospec_hf drafter for {report['target']}
 
 The first {report['layers']} decoder layers of {report['target']}, with its final norm and (shared, frozen) LM head, plus
-a LoRA adapter (rank {report['lora_rank']}) distilled by `scripts/distill_drafter.py` on the target's top-{report['topk']}
+a LoRA adapter (rank {report['lora_rank']}) distilled by `evospec-hf distill` on the target's top-{report['topk']}
 next-token distribution ({report['steps']} steps, {report['train_chunks_per_domain']} chunks of {report['seq_len']} tokens
 per domain from evospec_hf.data's train splits).
 

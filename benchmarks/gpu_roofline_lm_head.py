@@ -14,7 +14,7 @@ smaller than the L2 cache is still read from HBM):
 - `gather`: indexing the full matrix at every step, then the product (the naive way);
 - `full`: the whole head, for reference (`N = V`).
 
-    python scripts/roofline_lm_head.py --out results/gpu/roofline.json
+    python benchmarks/gpu_roofline_lm_head.py --out results/gpu/roofline.json
 """
 
 import argparse

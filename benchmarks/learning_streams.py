@@ -1,6 +1,6 @@
 """Online learning on streams of calls, as a person uses a session: a prompt, the answer, a pause to read it, the next.
 
-    python scripts/evaluate_learning_streams.py --out results/streams
+    python benchmarks/learning_streams.py --out results/streams
 
 Three streams of held-out prompts (`evospec_hf.bench.prompts`: texts no shipped drafter, router or list was trained
 on): `code` and `law` (20 texts each, one domain), and `mixed` (24 prompts, switching topic every call: chat,
