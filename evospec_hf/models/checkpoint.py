@@ -11,8 +11,14 @@ A checkpoint folder holds:
     evospec_frequency.json     the static frequency table (optional; used by shortlist="static")
     evospec_router.*, evospec_clusters.safetensors  the router (optional; shortlist="router", "evospec")
     evospec_semantic.safetensors  each token's nearest tokens (optional; shortlist="evospec", else built in memory)
-    README.md                  the model card, with measured numbers
-    custom_generate/generate.py  so that `generate(custom_generate=<folder or repo>, trust_remote_code=True)` works
+    README.md                  the model card, with measured numbers; its front matter carries the `custom_generate`
+                               tag and the target's Hub model as `base_model`
+    custom_generate/generate.py  so that `generate(custom_generate=<folder or repo>, trust_remote_code=True)` works:
+                               the template `hub_generate.py` naming the checkpoint to load
+    custom_generate/requirements.txt  what transformers checks is installed before it runs generate.py (evospec_hf)
+
+The last three are the Hub's `custom_generate` convention; `hub_files` makes them from the folder and this
+evospec_hf, and `write_hub_files` (or `scripts/write_hub_files.py`) brings an existing folder up to date.
 
 The drafter's base weights are not stored: they are the target's first `num_layers` layers (the last ones for a
 feature drafter, `feature_layers` naming the target hidden states it reads), rebuilt from the target (which
@@ -31,6 +37,8 @@ import os
 import reprlib
 import shutil
 import tempfile
+import threading
+import weakref
 from pathlib import Path
 
 from ..utils import check_int, is_int, unwrap_peft
@@ -44,6 +52,16 @@ DRAFTER_CONFIG = "evospec_drafter.json"
 FORMAT_NAME = "evospec-drafter"
 FORMAT_VERSION = 2  # 2 added the required "target_architecture"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")  # what peft reads, in its order
+
+HUB_TEMPLATE = Path(__file__).with_name("hub_generate.py")  # the one source of every custom_generate/generate.py
+CHECKPOINT_PLACEHOLDER = '"__EVOSPEC_CHECKPOINT__"'  # in the template: replaced by the checkpoint id, quoted
+# custom_generate/requirements.txt: the oldest evospec_hf that reads FORMAT_VERSION and has
+# `EvoSpecDrafter.from_pretrained_cached` (evospec_hf itself pins the transformers it runs with)
+HUB_REQUIREMENTS = "evospec_hf>=0.1.0\n"
+
+# target -> {checkpoint: drafter}, for `from_pretrained_cached`; a drafter goes when its target goes
+_DRAFTERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_DRAFTERS_LOCK = threading.Lock()
 
 
 def _resolve(path_or_repo_id: str | os.PathLike, revision: str | None, cache_dir) -> Path:
@@ -164,6 +182,19 @@ class EvoSpecDrafter:
         model.name_or_path = model.config._name_or_path = str(folder)
         return drafter
 
+    @classmethod
+    def from_pretrained_cached(cls, path_or_repo_id: str | os.PathLike, target):
+        """`from_pretrained(path_or_repo_id, target=target)`, loaded once per target and checkpoint: later calls
+        return the same drafter. It is kept with the target, weakly: it is freed when the target is garbage-collected.
+        Thread-safe (two threads asking at once get one drafter). `custom_generate/generate.py` calls it."""
+        path = Path(path_or_repo_id)
+        key = str(path.resolve()) if path.is_dir() else str(path_or_repo_id)
+        with _DRAFTERS_LOCK:
+            drafters = _DRAFTERS.setdefault(target, {})
+            if key not in drafters:
+                drafters[key] = cls.from_pretrained(path_or_repo_id, target=target)
+            return drafters[key]
+
     @staticmethod
     def save_pretrained(
         drafter,
@@ -174,6 +205,10 @@ class EvoSpecDrafter:
         portable: bool = False,
     ) -> Path:
         """Writes a checkpoint folder from a `PeftModel` drafter made by `drafter_from_target` + LoRA.
+
+        `model_card` is the README's text; without one, a README already in the folder is kept, else a short one is
+        written. Either way its front matter gets the `custom_generate` tag and the target's Hub model as
+        `base_model` (see `hub_files`).
 
         `custom_generate/generate.py` loads the drafter from this folder's absolute path; with `portable=True`
         (a folder that moves, e.g. one committed to a repository) it asks for `assistant_model=` instead.
@@ -211,7 +246,7 @@ class EvoSpecDrafter:
             frequency_table.save(out)
         if model_card is not None:
             (out / "README.md").write_text(model_card)
-        _write_custom_generate(out, checkpoint_id="" if portable else str(out.resolve()))
+        write_hub_files(out, checkpoint_id="" if portable else str(out.resolve()))
         return out
 
     @staticmethod
@@ -225,7 +260,7 @@ class EvoSpecDrafter:
         with tempfile.TemporaryDirectory() as staging:  # the uploaded generate.py must name the repo, not the folder
             staged = Path(staging) / "checkpoint"
             shutil.copytree(folder, staged, ignore=shutil.ignore_patterns("train_state.pt", "*.tmp"))
-            _write_custom_generate(staged, checkpoint_id=repo_id)
+            write_hub_files(staged, checkpoint_id=repo_id)
             api.upload_folder(
                 folder_path=str(staged), repo_id=repo_id, commit_message=f"evospec_hf drafter for {config['target']}"
             )
@@ -294,11 +329,83 @@ def _check_adapter_files(folder: Path, adapter_dir: Path) -> None:
             ) from err
 
 
-def _write_custom_generate(folder: Path, checkpoint_id: str) -> None:
-    """`custom_generate/generate.py`, naming the checkpoint it loads (transformers runs a copy of the file)."""
-    template = Path(__file__).with_name("hub_generate.py").read_text()
-    (folder / "custom_generate").mkdir(exist_ok=True)
-    (folder / "custom_generate" / "generate.py").write_text(template.replace("__EVOSPEC_CHECKPOINT__", checkpoint_id))
+def hub_files(folder: str | os.PathLike, checkpoint_id: str) -> dict[str, str]:
+    """The text files that make a checkpoint folder follow the Hub's `custom_generate` convention, by their path in
+    the folder, as this evospec_hf writes them:
+
+    - `custom_generate/generate.py`: the template `hub_generate.py`, loading `checkpoint_id` (the folder's absolute
+      path, a Hub repo id, or "" for a folder that moves: it then asks for `assistant_model=`);
+    - `custom_generate/requirements.txt`: `HUB_REQUIREMENTS`;
+    - `README.md`: the folder's model card (a short one when it has none), its front matter with `library_name`,
+      the `custom_generate` tag and the target's Hub model as `base_model`.
+    """
+    folder = Path(folder)
+    config = EvoSpecDrafter.read_config(folder)
+    card = folder / "README.md"
+    text = card.read_text(encoding="utf-8") if card.is_file() else _default_model_card(config["target"])
+    template = HUB_TEMPLATE.read_text(encoding="utf-8")
+    if template.count(CHECKPOINT_PLACEHOLDER) != 1:
+        raise RuntimeError(f"{HUB_TEMPLATE} must hold {CHECKPOINT_PLACEHOLDER} exactly once.")
+    quoted = json.dumps(checkpoint_id, ensure_ascii=False)  # a valid Python string literal, backslashes included
+    return {
+        "custom_generate/generate.py": template.replace(CHECKPOINT_PLACEHOLDER, quoted),
+        "custom_generate/requirements.txt": HUB_REQUIREMENTS,
+        "README.md": _with_hub_metadata(text, _base_model(config["target"])),
+    }
+
+
+def write_hub_files(folder: str | os.PathLike, checkpoint_id: str = "") -> list[Path]:
+    """Writes `hub_files(folder, checkpoint_id)` into the folder and returns the files whose text changed. Only text
+    files are touched: the weights stay as they are."""
+    changed = []
+    for name, text in hub_files(folder, checkpoint_id).items():
+        path = Path(folder) / name
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+            changed.append(path)
+    return changed
+
+
+def _base_model(target_name: str) -> str:
+    """The Hub model a target name stands for: a known target's source model, else the name itself (a repo id)."""
+    from .targets import KNOWN_TARGETS
+
+    spec = KNOWN_TARGETS.get(target_name)
+    return spec.hub_model if spec is not None and spec.hub_model else target_name
+
+
+def _default_model_card(target_name: str) -> str:
+    return f"""# evospec_hf drafter for {target_name}
+
+A speculative-decoding drafter made with evospec_hf. The output equals the target's plain greedy output; the drafter
+only changes speed.
+
+```python
+out = model.generate(**inputs, custom_generate="<this folder or repo>", trust_remote_code=True)
+```
+"""
+
+
+def _with_hub_metadata(card: str, base_model: str) -> str:
+    """`card` with its YAML front matter (added when it has none) carrying `library_name`, the `custom_generate` tag
+    and `base_model`; its other fields and its text are kept."""
+    import yaml
+
+    metadata, text = {}, card
+    if card.startswith("---\n"):
+        end = card.find("\n---\n", 3)
+        if end < 0:
+            raise ValueError("the model card's front matter (from its first line '---') has no closing '---' line.")
+        metadata, text = yaml.safe_load(card[4:end]) or {}, card[end + 5 :]
+        if not isinstance(metadata, dict):
+            raise ValueError(f"the model card's front matter must be a YAML mapping, got {metadata!r}.")
+    metadata.setdefault("library_name", "evospec_hf")
+    tags = metadata.get("tags") or []
+    tags = [tags] if isinstance(tags, str) else tags
+    metadata["tags"] = list(tags) + ["custom_generate"] * ("custom_generate" not in tags)
+    metadata["base_model"] = base_model
+    return "---\n" + yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True) + "---\n" + text
 
 
 def _halve_safetensors(path: Path) -> None:

@@ -33,6 +33,7 @@ class TargetSpec:
     license: str
     license_url: str
     chunked: bool = False  # the package ships the GGUF in parts and an `assemble(path)` that joins and checks them
+    hub_model: str = ""  # the Hub model the GGUF was converted from (a drafter's model card names it as base_model)
 
 
 KNOWN_TARGETS = {
@@ -47,6 +48,7 @@ KNOWN_TARGETS = {
             license="Gemma Terms of Use (Google); use is subject to the Gemma Prohibited Use Policy",
             license_url="https://ai.google.dev/gemma/terms",
             chunked=True,
+            hub_model="google/gemma-3-270m",
         ),
         TargetSpec(
             name="smollm2-135m",
@@ -57,6 +59,7 @@ KNOWN_TARGETS = {
             gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
             license="Apache-2.0 (Hugging Face SmolLM2)",
             license_url="https://www.apache.org/licenses/LICENSE-2.0",
+            hub_model="HuggingFaceTB/SmolLM2-135M-Instruct",
         ),
     )
 }
