@@ -22,6 +22,7 @@ COMMANDS = {
     "build-vocabtrim-shortlist": ("build_vocabtrim_shortlist", "build the tokens a drafter itself emits (VocabTrim)"),
     "build-semantic-index": ("build_semantic_index", "build the semantic index of shortlist='evospec' into a checkpoint"),
     "export-token-map": ("export_token_map", "export a drafter's hot vocabulary as SGLang's --speculative-token-map"),
+    "write-hub-files": ("write_hub_files", "bring checkpoint folders' Hub files (custom_generate, card) up to date"),
     "build-space": ("build_space", "write a Hugging Face Space folder with the demo, its source and the drafters"),
     "bench": ("..bench.__main__", "benchmark decoding methods side by side (same as python -m evospec_hf.bench)"),
 }

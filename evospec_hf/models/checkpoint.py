@@ -18,7 +18,7 @@ A checkpoint folder holds:
     custom_generate/requirements.txt  what transformers checks is installed before it runs generate.py (evospec_hf)
 
 The last three are the Hub's `custom_generate` convention; `hub_files` makes them from the folder and this
-evospec_hf, and `write_hub_files` (or `scripts/write_hub_files.py`) brings an existing folder up to date.
+evospec_hf, and `write_hub_files` (or `evospec-hf write-hub-files`) brings an existing folder up to date.
 
 The drafter's base weights are not stored: they are the target's first `num_layers` layers (the last ones for a
 feature drafter, `feature_layers` naming the target hidden states it reads), rebuilt from the target (which

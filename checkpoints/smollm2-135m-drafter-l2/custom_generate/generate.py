@@ -8,7 +8,7 @@ the shortlist is the static list shipped in the checkpoint joined with the conte
 when it has no more than 16384 tokens).
 
 Written by evospec_hf from its template `evospec_hf/models/hub_generate.py` (`EvoSpecDrafter.save_pretrained`,
-`push_to_hub`, `scripts/write_hub_files.py`): edit the template, not a copy.
+`push_to_hub`, `evospec-hf write-hub-files`): edit the template, not a copy.
 """
 
 CHECKPOINT = ""  # the checkpoint's folder or Hub repo id; "" where it is not known
