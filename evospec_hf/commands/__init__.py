@@ -23,6 +23,7 @@ COMMANDS = {
     "build-semantic-index": ("build_semantic_index", "build the semantic index of shortlist='evospec' into a checkpoint"),
     "export-token-map": ("export_token_map", "export a drafter's hot vocabulary as SGLang's --speculative-token-map"),
     "write-hub-files": ("write_hub_files", "bring checkpoint folders' Hub files (custom_generate, card) up to date"),
+    "write-docs-reference": ("write_docs_reference", "regenerate docs/reference from the config classes and commands"),
     "build-space": ("build_space", "write a Hugging Face Space folder with the demo, its source and the drafters"),
     "bench": ("..bench.__main__", "benchmark decoding methods side by side (same as python -m evospec_hf.bench)"),
 }
