@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ..evolve.kd import topk_kd_loss
-from ..ops.softcap import logit_softcap
+from ..ops.softcap import logit_softcap, softcap
 
 
 def final_norm(target):
@@ -38,9 +38,7 @@ def exit_agreement(target, head, records: list) -> dict:
     for record in records:
         hidden = head(norm(record["features"].to(weight.device, weight.dtype)))
         ids = record["topk_ids"].long().to(weight.device)
-        logits = torch.einsum("pd,pkd->pk", hidden, weight[ids])
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
+        logits = softcap(torch.einsum("pd,pkd->pk", hidden, weight[ids]), cap)
         best = ids.gather(1, logits.argmax(-1, keepdim=True))[:, 0]
         hits[record["kind"]] = hits.get(record["kind"], 0) + int((best == ids[:, 0]).sum())
         totals[record["kind"]] = totals.get(record["kind"], 0) + ids.shape[0]

@@ -24,7 +24,7 @@ from ..ops.softcap import logit_softcap, softcap
 from .frequency import resolve_static_table
 from .indexes import ContextRetrieval, NGramIndex, context_retrieval
 from .router import RoutedHead, load_routed_head
-from .shortlist import Shortlist, build_shortlist, release_shortlist
+from .shortlist import Shortlist, build_shortlist, release_shortlist, slot_layout
 
 
 class DraftVocabulary:
@@ -95,7 +95,7 @@ class DraftVocabulary:
         routed, budget = None, 0
         if "router" in sources:
             routed = load_routed_head(config.router_path, drafter, head)
-            budget = config.shortlist_size - shortlist.capacity
+            budget = slot_layout(config, shortlist.num_fixed)[1]
         return cls(
             head,
             shortlist=shortlist,

@@ -181,6 +181,25 @@ def _unique_in_order(ids: torch.Tensor) -> torch.Tensor:
     return uniq[torch.argsort(first)]
 
 
+def slot_layout(config, num_fixed: int) -> tuple[int, int]:
+    """How `config.shortlist_size` is shared, the one place it is decided: `(context_slots, router_budget)` for a
+    shortlist whose fixed ids (special tokens, the static list) number `num_fixed`.
+
+    Context alone takes every slot the fixed ids leave; beside a static list or a router it takes
+    `config.context_slots`. The router's clusters take what the fixed ids and the context slots leave, per draft
+    step (`RoutedHead`); without a router the budget is 0.
+    """
+    sources = config.shortlist_sources
+    if "context" not in sources:
+        context_slots = 0
+    elif "static" not in sources and "router" not in sources:
+        context_slots = config.shortlist_size - min(num_fixed, config.shortlist_size)
+    else:
+        context_slots = config.context_slots
+    router_budget = max(0, config.shortlist_size - num_fixed - context_slots) if "router" in sources else 0
+    return context_slots, router_budget
+
+
 def build_shortlist(
     config,
     lm_head_weight: torch.Tensor,
@@ -215,16 +234,8 @@ def build_shortlist(
         raise ValueError(f"shortlist='static' needs a FrequencyTable for a vocabulary of {vocab_size} tokens.")
     fixed = [always_ids] + ([table.top(config.shortlist_size)] if table is not None else [])
     fixed_ids = _unique_in_order(torch.cat(fixed))
-    if "context" not in sources:
-        context_slots = 0
-    elif "static" not in sources and "router" not in sources:
-        context_slots = config.shortlist_size - min(fixed_ids.numel(), config.shortlist_size)
-    else:
-        context_slots = config.context_slots
-    if "router" in sources:  # the router's clusters take the remaining slots, per draft step (see RoutedHead)
-        size = min(config.shortlist_size, fixed_ids.numel() + context_slots)
-    else:
-        size = config.shortlist_size
+    context_slots, router_budget = slot_layout(config, fixed_ids.numel())
+    size = config.shortlist_size - router_budget
     if fixed_ids.numel() >= config.shortlist_size and context_slots == 0 and "context" in sources and "router" not in sources:
         raise ValueError(
             f"`shortlist_size` ({config.shortlist_size}) leaves no slot for context tokens after the "

@@ -127,3 +127,22 @@ def test_shortlists_are_pooled_per_head_one_call_at_a_time(static_table_path):
 def test_static_without_a_table_is_refused():
     with pytest.raises(ValueError, match="needs a FrequencyTable"):
         build_shortlist(EvoSpecConfig(shortlist="static", shortlist_size=10), torch.randn(96, 8), None, torch.tensor([2]), "torch")
+
+
+@pytest.mark.parametrize(
+    "shortlist, context_slots, num_fixed, expected",
+    [
+        ("context", 20, 3, (97, 0)),  # context alone takes every slot the fixed ids leave
+        ("static", 20, 90, (0, 0)),
+        ("static+context", 20, 90, (20, 0)),
+        ("router", 20, 3, (0, 97)),  # the router's clusters take the rest
+        ("router+context", 20, 3, (20, 77)),
+        ("router+context", 20, 90, (20, 0)),  # nothing left for clusters: never a negative budget
+        ("evospec", 30, 2, (30, 68)),  # router+context with retrieval
+    ],
+)
+def test_slot_layout_shares_the_shortlist_size(shortlist, context_slots, num_fixed, expected):
+    from evospec_hf.vocab.shortlist import slot_layout
+
+    config = EvoSpecConfig(shortlist=shortlist, shortlist_size=100, context_slots=context_slots)
+    assert slot_layout(config, num_fixed) == expected
