@@ -86,3 +86,13 @@ def check_path(name: str, value, optional: bool = True) -> None:
         return
     expected = "None, a str or an os.PathLike path" if optional else "a str or an os.PathLike path"
     raise ValueError(f"`{name}` must be {expected}, got {value!r} ({type(value).__name__}).")
+
+
+def expected_tokens_per_round(acceptance: float, drafted: float) -> float:
+    """Tokens a round yields (accepted drafts + the target's own) when each of `drafted` drafts is accepted with
+    probability `acceptance`, independently, until the first rejection: `1 + a + ... + a^k`. The draft length rules
+    and the learning governor both read it."""
+    a = min(max(float(acceptance), 0.0), 1.0)
+    if a == 1.0:
+        return drafted + 1.0
+    return (1.0 - a ** (drafted + 1)) / (1.0 - a)

@@ -22,12 +22,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-
-def expected_tau(agreement: float, drafted: float) -> float:
-    """Tokens per round (accepted drafts + the target's own) when each of `drafted` drafts is accepted with
-    probability `agreement`, independently, until the first rejection."""
-    a = min(max(agreement, 0.0), 0.999)
-    return (1 - a ** (drafted + 1)) / (1 - a)
+from ..utils import expected_tokens_per_round
 
 
 @dataclass
@@ -69,7 +64,7 @@ class LearningGovernor:
     def observe(self, call: int, measure: CallMeasure) -> Verdict:
         learned = measure.learned[0] / max(measure.learned[1], 1)
         shipped = measure.shipped[0] / max(measure.shipped[1], 1)
-        ratio = expected_tau(learned, measure.drafted) / expected_tau(shipped, measure.drafted)
+        ratio = expected_tokens_per_round(learned, measure.drafted) / expected_tokens_per_round(shipped, measure.drafted)
         saved = max(measure.seconds - measure.waited, 0.0) * measure.drafter_share * (ratio - 1)
         self._window = (self._window + [(saved, measure.waited)])[-self.calls :]
         if self.learning and len(self._window) == self.calls:

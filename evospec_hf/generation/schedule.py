@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from ..utils import expected_tokens_per_round
 from .rounds import Draft, RoundResult
 
 
@@ -177,7 +178,7 @@ class CostAwareLength:
         if key not in self.counts:
             return True  # copies from a match this long never tried in this call: try one, then it knows
         a = self.acceptance(key)
-        copy_rate = _expected(a, len(draft)) / self._verify_cost(len(draft))
+        copy_rate = expected_tokens_per_round(a, len(draft)) / self._verify_cost(len(draft))
         return copy_rate >= self._best("drafter", self.limits["drafter"][1])[1]
 
     def handed_over(self, draft: Draft) -> None:
@@ -204,7 +205,7 @@ class CostAwareLength:
     def _best(self, source: str, upper: int) -> tuple[int, float]:
         """The length in `1..upper` with the most expected tokens per second for `source`, and that rate."""
         a, step = self.acceptance(source), self.step_seconds.get(source, 0.0)
-        rates = [(_expected(a, k) / (k * step + self._verify_cost(k)), -k) for k in range(self.shortest, upper + 1)]
+        rates = [(expected_tokens_per_round(a, k) / (k * step + self._verify_cost(k)), -k) for k in range(self.shortest, upper + 1)]
         rate, k = max(rates)  # the shortest length among equal rates
         return -k, rate
 
@@ -234,11 +235,6 @@ class CostAwareLength:
 
     def _smooth(self, old: float | None, new: float) -> float:
         return new if old is None else self.smoothing * old + (1.0 - self.smoothing) * new
-
-
-def _expected(a: float, k: int) -> float:
-    """Expected tokens of a round of k drafts each accepted with probability a: 1 + a + ... + a^k."""
-    return sum(a**i for i in range(k + 1))
 
 
 def _match_key(draft: Draft) -> str:

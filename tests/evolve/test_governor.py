@@ -2,7 +2,8 @@
 
 import pytest
 
-from evospec_hf.evolve.governor import CallMeasure, LearningGovernor, expected_tau
+from evospec_hf.evolve.governor import CallMeasure, LearningGovernor
+from evospec_hf.utils import expected_tokens_per_round as expected_tau
 
 
 def test_expected_tau():
@@ -10,6 +11,8 @@ def test_expected_tau():
     assert expected_tau(0.5, 1) == pytest.approx(1.5)
     assert expected_tau(0.5, 3) == pytest.approx(1 + 0.5 + 0.25 + 0.125)
     assert expected_tau(0.9, 4) > expected_tau(0.8, 4) > expected_tau(0.8, 1)
+    assert expected_tau(1.0, 4) == 5.0  # every draft accepted
+    assert expected_tau(0.6, 2.5) == pytest.approx((1 - 0.6**3.5) / 0.4)  # a mean draft length
 
 
 def call(learned: float, shipped: float, waited: float = 0.0, seconds: float = 4.0) -> CallMeasure:
