@@ -8,7 +8,7 @@ questions, math, translation, summaries, code, law, medical in turn). Each strea
 a fresh `EvoSpecSession` on the same drafter:
 
 - `off`: the session never learns;
-- `in-loop`: learning as it was before issue 15: updates inside the decoding loop (`learn="in-loop"`), no pull to the
+- `in-loop`: updates inside the decoding loop (`learn="in-loop"`), no pull to the
   starting adapter, no teaching of rejected positions, no governor;
 - `between-calls`: the defaults: a call only drafts; its updates run in the background during the pause after it,
   pulled to the starting adapter, rejected positions taught, the governor deciding whether to keep learning.
@@ -49,7 +49,7 @@ def stream_prompts(tokenizer, name: str, count: int) -> list[torch.Tensor]:
 
 
 def alignment(mode: str, base: dict) -> OnlineAlignmentConfig:
-    if mode == "in-loop":  # as before issue 15
+    if mode == "in-loop":  # updates inside the loop
         return OnlineAlignmentConfig(**base, learn="in-loop", anchor=0.0, teach_rejected=False, governor=False)
     return OnlineAlignmentConfig(**base)
 

@@ -124,7 +124,7 @@ def main():
     alignment = OnlineAlignmentConfig(
         update_every=args.update_every, batch_size=args.batch_size, lr=args.lr, async_updates=args.async_updates,
         trainable_layers=args.trainable_layers,
-        # as these scenarios were measured (before issue 15): inside the loop, no anchor, no governor
+        # as these scenarios are measured: inside the loop, no anchor, no governor
         learn="in-loop", anchor=0.0, teach_rejected=False, governor=False,
     )
     out_dir = Path(args.out)

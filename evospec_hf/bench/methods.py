@@ -73,7 +73,7 @@ SUFFIXES = {  # method suffix -> EvoSpecConfig fields on top of the method's (lo
 FEATURE_PREFIX = "feature:"
 _SIZED = re.compile(r"^(fr-spec|vocabtrim|router|evospec-online|evospec)(?:-(\d+)k)?$")
 
-# the online-alignment setting measured cheapest on this CPU (README, "Online alignment"): last layer, every 8 rounds;
+# the online-alignment setting measured cheapest on this CPU (docs/benchmarks/online-learning.md): last layer, every 8 rounds;
 # a fresh session per generation learns only inside its one call
 ONLINE_DEFAULTS = OnlineAlignmentConfig(trainable_layers=1, update_every=8, learn="in-loop", governor=False)
 

@@ -30,7 +30,8 @@ COMMANDS = {
 
 EXAMPLE = """example:
   evospec-hf distill --kind feature --target gemma-3-270m --out runs/gemma-feature --steps 1800
-  evospec-hf bench --target gemma-3-270m --feature-drafter checkpoints/gemma-3-270m-feature-l1 --out results/bench/x
+  evospec-hf bench --drafter checkpoints/gemma-3-270m-drafter-l2 \
+      --feature-drafter checkpoints/gemma-3-270m-feature-l1 --out results/bench/x
 
 Run `evospec-hf <command> --help` for a command's options and examples."""
 

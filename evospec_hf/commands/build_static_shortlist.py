@@ -2,7 +2,7 @@
 
     evospec-hf build-static-shortlist --tokenizer ./gemma-3-270m --files 'corpus/*.txt' --out freq.json
 
-Files are read through `datasets` (the 'text' builder: one example per line, or per file with --sample-by file);
+Files are read through `datasets` (the 'text' builder: one example per paragraph by default, or per line or per document with --sample-by);
 nothing is downloaded. The table stores the vocabulary size, so a drafter with another vocabulary refuses it.
 """
 

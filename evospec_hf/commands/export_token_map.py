@@ -7,8 +7,8 @@ The file is a `torch.save` of a plain list of int token ids, most frequent first
 `torch.load(path, weights_only=True)` (EAGLE speculative decoding with a reduced draft vocabulary, as FR-Spec does).
 `--source static`: the checkpoint's FR-Spec frequency list (`evospec_frequency.json`); `vocabtrim`: the tokens the
 drafter itself emits most (`evospec_vocabtrim.json`, from `evospec-hf build-vocabtrim-shortlist`). A session's own
-list: `session.frequency_table(vocab_size).save_token_map(path, size, fill=<static table>)` (README, "Serving
-engines").
+list: `session.frequency_table(vocab_size).save_token_map(path, size, fill=<static table>)`
+(docs/guides/serving-export.md).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 
 1. clusters: faiss k-means over the target's LM-head rows, sizes bounded (see evospec_hf/vocab/clusters.py);
 2. data: the drafter's final hidden states on the distillation chunks, labelled with the target's top-k next-token
-   distribution (the teacher cache written by `distill_drafter.py`) summed per cluster;
+   distribution (the teacher cache written by `evospec-hf distill`) summed per cluster;
 3. train: a light classifier from hidden state to cluster, cross-entropy on those soft labels;
 4. recall: on held-out text, the share of the target's greedy next tokens inside the shortlist, per domain and
    budget, for the router, router + context tokens, the static list, and static + context;
@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from evospec_hf import EvoSpecDrafter, FrequencyTable
 from evospec_hf.data import token_chunks
 from evospec_hf.models import default_cache_dir, load_target
-from evospec_hf.models.drafter import feature_inputs
+from evospec_hf.models.drafter import shifted_feature_inputs
 from evospec_hf.utils import unwrap_peft
 from evospec_hf.vocab.clusters import cluster_vocabulary
 from evospec_hf.vocab.recall import drafter_hidden_states as hidden_states
@@ -46,7 +46,7 @@ def record_hidden_states(drafter, rec: dict) -> tuple[torch.Tensor, slice]:
     if "features" not in rec:
         return hidden_states(drafter, rec["ids"]), slice(None)
     model = unwrap_peft(drafter)
-    pairs = feature_inputs(model, rec["ids"][None, 1:], features=rec["features"][None, :-1].float())
+    pairs = shifted_feature_inputs(model, rec["ids"][None], features=rec["features"][None].float())
     return model.base_model(inputs_embeds=pairs).last_hidden_state[0], slice(1, None)
 
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..evolve.kd import topk_kd_loss
-from ..models.drafter import feature_inputs, feature_layers_of
+from ..models.drafter import shifted_feature_inputs
 from ..ops.softcap import logit_softcap, softcap
 from ..utils import unwrap_peft
 
@@ -115,10 +115,7 @@ def unrolled_loss(
         n = length - 1 - s  # pairs j = 0..n-1
         if n < 1:
             break
-        if s == 0:
-            inputs = feature_inputs(model, ids[:, 1:], features=features[:, :-1])
-        else:
-            inputs = feature_inputs(model, ids[:, 1 + s :], own=own[:, :n])
+        inputs = shifted_feature_inputs(model, ids, features=features if s == 0 else None, own=own, step=s)
         positions = torch.arange(s, s + n, device=device).expand(batch, n)  # where these pairs sit when drafting
         hidden = model.base_model(inputs_embeds=inputs, position_ids=positions).last_hidden_state
         targets = slice(1 + s, 1 + s + n)
@@ -164,10 +161,7 @@ def agreement(drafter, records: list, unroll: int = 3) -> dict:
             n = ids.shape[1] - 1 - s
             if n < 1:
                 break
-            if s == 0:
-                inputs = feature_inputs(model, ids[:, 1:], features=features[:, :-1])
-            else:
-                inputs = feature_inputs(model, ids[:, 1 + s :], own=own[:, :n])
+            inputs = shifted_feature_inputs(model, ids, features=features if s == 0 else None, own=own, step=s)
             positions = torch.arange(s, s + n, device=device)[None]
             own = model.base_model(inputs_embeds=inputs, position_ids=positions).last_hidden_state
             guess = softcap(head(own[0]).float(), cap).argmax(-1)

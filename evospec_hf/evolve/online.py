@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import JsonConfigMixin
-from ..models.drafter import feature_inputs
+from ..models.drafter import shifted_feature_inputs
 from ..utils import check_bool, check_choice, check_int, check_number
 from .kd import full_kd_loss, topk_kd_loss
 
@@ -128,8 +128,9 @@ class OnlineAlignmentConfig(JsonConfigMixin):
         default=False,
         metadata={
             "help": (
-                "Run each update in a background thread while the target verifies the next round (it never overlaps "
-                "drafting). On a 2-core CPU both compete for the same cores; see the README's measurements."
+                "With `learn='in-loop'` only: run each update in a background thread while the target verifies the "
+                "next round (it never overlaps drafting). On a 2-core CPU both compete for the same cores (measured "
+                "in docs/benchmarks/online-learning.md)."
             )
         },
     )
@@ -531,7 +532,7 @@ class OnlineAligner:
         if "features" not in record:
             return self.body(input_ids=tokens, use_cache=False).last_hidden_state[0]
         # pair j = (the target's hidden state at j, token j + 1) predicts token j + 2: row i is pair i - 1
-        inputs = feature_inputs(self.feature_drafter, tokens[:, 1:], features=record["features"][None, :-1])
+        inputs = shifted_feature_inputs(self.feature_drafter, tokens, features=record["features"][None])
         states = self.body(inputs_embeds=inputs, use_cache=False).last_hidden_state[0]
         return torch.cat([states.new_zeros(1, states.shape[-1]), states])
 

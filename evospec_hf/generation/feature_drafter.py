@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from ..models.drafter import feature_inputs, feature_layers_of
+from ..models.drafter import feature_inputs, feature_layers_of, shifted_feature_inputs
 from .rounds import Draft
 from .token_drafter import DraftLoop
 
@@ -74,8 +74,8 @@ class FeatureDrafter(DraftLoop):
         if self._cache_is_stale():
             self.fed = 0  # learning changed the weights: read every verified position again
         self._crop_cache(self.fed)  # the last round's own-state pairs
-        pairs = feature_inputs(
-            self.drafter, input_ids[:, self.fed + 1 : known + 1], features=self.features[:, self.fed : known]
+        pairs = shifted_feature_inputs(
+            self.drafter, input_ids[:, self.fed : known + 1], self.features[:, self.fed : known]
         )
         self.fed = known
 

@@ -12,7 +12,7 @@ and where its prediction differs from a draft the round is cut:
   assumes every draft was offered); so the first disagreement is still offered and only the drafts after it go.
 
 The verifier's layers are the target's, so its KV entries for those layers equal the target's own. transformers'
-assisted loop runs the target's forward whole, so that work is not reused here (`README`, "HiSpec", says what it
+assisted loop runs the target's forward whole, so that work is not reused here (docs/guides/adasd-hispec.md says what it
 would save). The verifier costs `layer` layers and a shortlist head per draft position; it pays when the drafts it
 removes would have cost the target more than that (the bench's `+hispec` methods report both: the
 verifier's share of the wall time and the drafts it removed).

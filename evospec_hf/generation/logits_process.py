@@ -51,7 +51,7 @@ class LossyJSAcceptance(LogitsProcessor):
       else the draft is rejected as usual and the rest of the round is not looked at.
 
     So the threshold follows how far apart the two distributions typically are when they agree, with no value to set
-    (`scale`, 1 by default, trades quality for speed and draws the curve in the README). Copied drafts (context lookup)
+    (`scale`, 1 by default, trades quality for speed and draws the curve in docs/guides/adasd-hispec.md). Copied drafts (context lookup)
     carry no distribution and are judged as usual. Costs one softmax over the target's scores per judged position.
 
     Args:

@@ -147,6 +147,26 @@ def feature_inputs(drafter, token_ids: torch.Tensor, features: torch.Tensor | No
     return model.evospec_combine(torch.cat([F.rms_norm(embeds, size), F.rms_norm(guide, size)], dim=-1))
 
 
+def shifted_feature_inputs(drafter, token_ids: torch.Tensor, features=None, own=None, step: int = 0):
+    """`feature_inputs` over a sequence, paired here and nowhere else: the hidden state at position `j` with the
+    token at `j + 1 + step`, for every `j` that has one.
+
+    Args:
+        token_ids: `(B, T)` the sequence's tokens.
+        features: `(B, >= T - 1, ...)` the target's hidden states at its positions (drafting's first step), or
+        own: `(B, >= T - 1 - step, hidden)` the drafter's own predictions from step `step - 1` (later steps).
+        step: the draft step within a round (0: the target's states).
+
+    Returns:
+        `(B, T - 1 - step, hidden)` `inputs_embeds` for the drafter's decoder body.
+    """
+    n = token_ids.shape[1] - 1 - step
+    tokens = token_ids[:, 1 + step :]
+    if features is not None:
+        return feature_inputs(drafter, tokens, features=features[:, :n])
+    return feature_inputs(drafter, tokens, own=own[:, :n])
+
+
 def _shift_layer(name: str, offset: int) -> str | None:
     """A state-dict name with its decoder-layer index moved by `offset` (None when that falls below layer 0)."""
     match = re.search(r"\.(layers|h)\.(\d+)\.", name)

@@ -38,7 +38,7 @@ position median 2, p90 8, p99 15, max 37; with one activation row, median 42, p9
 - The exact logits are fp32 dot products whose rounding depends on the order of the sum. The bound adds
   2·γ·‖w‖·‖h‖ (γ = 1.01·d·2⁻²⁴, the standard bound on a d-term fp32 dot product), so a row excluded here is below
   the floor whatever order the full head would sum in; the argmax is the full head's up to the same rounding
-  that verifying several positions in one forward already has (README, "Exactness").
+  that verifying several positions in one forward already has (docs/concepts/exactness.md).
 - A monotone transform after the head (Gemma 2's softcap) keeps the argmax, except where it maps the best
   excluded bound and the best survivor to the same float; then the full head runs.
 - Non-finite hidden states, or more survivors than `max_survivors`, run the full head (counted as fallbacks).

@@ -3,7 +3,7 @@
 Verifying k drafts needs the target's full-vocabulary logits at k + 1 positions: `F.linear(H, W)` with H of shape
 `(k + 1, d)` and W of shape `(V, d)`. For a few rows, CPU BLAS picks its kernels by shape, and which order is faster
 depends on the machine and the row count. Measured on two 2-core machines, V = 262,144, d = 640
-(`python benchmarks/lm_head.py`, README):
+(`python benchmarks/lm_head.py`, docs/benchmarks/gemma-3-270m.md):
 
 - on one, `F.linear` over 2-8 rows took 3-4x its one-row time, while `W @ H.T` stayed close to it;
 - on another, `F.linear` over 2-3 rows cost the same as one row and `W @ H.T` twice that, while from 8 rows on
@@ -15,7 +15,7 @@ calibration cache (`calibration.py`), so a new process on the same machine times
 values up to float rounding (about 1e-6 in fp32; the same bits in fp16/bf16 at the head shapes measured), like
 `F.linear` over k + 1 rows against one row at a time: the greedy-equivalence tests run through this path. (In
 half precision the verified tokens can still differ from plain greedy's, through the decoder body rather than the
-head: README, "Half precision"; `benchmarks/half_precision.py`.)
+head: docs/benchmarks/half-precision.md; `benchmarks/half_precision.py`.)
 
 **Who goes through it** (`columns_verify_head`): only the target model's own forward, on a thread that is inside a
 `columns_verify_head(target)` block. A drafter that shares the head module (`drafter_from_target`), a plain

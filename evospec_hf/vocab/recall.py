@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..models.drafter import feature_inputs, feature_layers_of
+from ..models.drafter import feature_layers_of, shifted_feature_inputs
 from ..utils import unwrap_peft
 from .draft_vocab import DraftVocabulary
 from .indexes import NGramIndex
@@ -32,7 +32,7 @@ def drafter_hidden_states(drafter, ids: torch.Tensor, target=None) -> torch.Tens
         raise ValueError("a feature drafter's hidden states need the target's: pass `target=`")
     states = target(ids[None], output_hidden_states=list(layers)).hidden_states
     features = torch.cat([states[i] for i in layers], dim=-1)
-    pairs = feature_inputs(model, ids[None, 1:], features=features[:, :-1])
+    pairs = shifted_feature_inputs(model, ids[None], features=features)
     hidden = model.base_model(inputs_embeds=pairs).last_hidden_state[0]
     return torch.cat([hidden.new_zeros(1, hidden.shape[-1]), hidden])
 

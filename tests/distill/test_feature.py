@@ -56,7 +56,7 @@ def test_the_teacher_cache_keeps_what_exists_and_splits_by_process(target, chunk
 def test_later_draft_steps_are_trained_on_the_drafters_own_states(target, chunks, tmp_path, monkeypatch):
     """Step 0 reads the target's hidden states; steps 1 and 2 read the states the drafter predicted one step before,
     with their gradient kept (the training-time test of EAGLE-3 / HASS)."""
-    import evospec_hf.distill.feature as module
+    import evospec_hf.models.drafter as module  # where the pairs are made (`shifted_feature_inputs`)
 
     records = records_of(cache_teacher(target, chunks[:4], tmp_path, (-1,), topk=8, progress=False))
     drafter = feature_drafter_from_target(target, 1)
