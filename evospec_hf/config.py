@@ -9,7 +9,7 @@ import reprlib
 from dataclasses import dataclass, field, fields
 from typing import ClassVar, Self
 
-from .utils import check_bool, check_choice, check_int, check_number, check_path, is_int
+from .utils import check_bool, check_choice, check_format, check_int, check_number, check_path
 
 logger = logging.getLogger(__name__)
 
@@ -88,19 +88,9 @@ class JsonConfigMixin:
                 "%s has no 'format' and 'version' (written by evospec_hf before they existed); reading it as %s "
                 "version %d.", path, cls.format_name, cls.format_version,
             )  # fmt: skip
-        elif fmt != cls.format_name:
-            raise ValueError(
-                f"{path!r} is not an {cls.__name__} file: its 'format' is {fmt!r}, expected {cls.format_name!r}."
-            )
-        elif not (is_int(version) and version >= 1):
-            raise ValueError(
-                f"{cls.__name__} file {path!r} is corrupt: 'version' is {version!r}, expected a positive integer."
-            )
-        elif version > cls.format_version:
-            raise ValueError(
-                f"{cls.__name__} file {path!r} has format version {version}, but this evospec_hf reads versions up "
-                f"to {cls.format_version}: it was written by a newer evospec_hf; upgrade evospec_hf to read it."
-            )
+        else:
+            check_format({"format": fmt, "version": version}, cls.format_name, cls.format_version,
+                         f"an {cls.__name__} file", repr(path))  # fmt: skip
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

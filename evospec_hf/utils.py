@@ -96,3 +96,27 @@ def expected_tokens_per_round(acceptance: float, drafted: float) -> float:
     if a == 1.0:
         return drafted + 1.0
     return (1.0 - a ** (drafted + 1)) / (1.0 - a)
+
+
+def check_format(data: dict, name: str, newest: int, what: str, where, oldest: int = 1) -> int:
+    """The one check of an evospec_hf file's `"format"` and `"version"` fields (configs, checkpoints, exit heads,
+    frequency tables, semantic indexes, the calibration cache, continuation folders). Returns the version.
+
+    Args:
+        data: the file's fields (a JSON object; safetensors metadata with its version made an int).
+        name: the format it must name, e.g. `"evospec-drafter"`.
+        newest: the newest version this evospec_hf reads; `oldest`: the oldest.
+        what: what the file is, for messages ("an evospec_hf drafter checkpoint").
+        where: the file's path, for messages.
+    """
+    fmt, version = data.get("format"), data.get("version")
+    if fmt != name:
+        raise ValueError(f"{where} is not {what}: its 'format' is {fmt!r}, expected {name!r}.")
+    if not is_int(version) or version < oldest:
+        raise ValueError(f"{where} is corrupt: its 'version' is {version!r}, expected {oldest} to {newest}.")
+    if version > newest:
+        raise ValueError(
+            f"{where} has format version {version}, but this evospec_hf reads versions {oldest} to {newest}: it was "
+            "written by a newer evospec_hf; upgrade evospec_hf to read it."
+        )
+    return version

@@ -164,8 +164,8 @@ def test_a_config_file_of_the_previous_release_loads_with_a_warning(tmp_path, ca
     "content, message",
     [
         pytest.param({"format": "evospec-drafter", "version": 1}, "its 'format' is 'evospec-drafter'", id="other-format"),
-        pytest.param({"version": 2}, "has format version 2, but this evospec_hf reads versions up to 1", id="newer"),
-        pytest.param({"version": "1"}, "corrupt: 'version' is '1'", id="string-version"),
+        pytest.param({"version": 2}, "has format version 2, but this evospec_hf reads versions 1 to 1", id="newer"),
+        pytest.param({"version": "1"}, "corrupt: its 'version' is '1'", id="string-version"),
         pytest.param([], "corrupt: it holds []", id="json-list"),
         pytest.param("{not json", "corrupt", id="not-json"),
     ],

@@ -26,12 +26,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..utils import check_format
 from .corpora import SPLITS
 from .mixture import KINDS, documents
 from .sources import SourceMissing
 
 ROWS_FILE = "continuations.jsonl"
 META_FILE = "meta.json"
+FORMAT_NAME = "evospec-continuations"
 FORMAT_VERSION = 1
 
 
@@ -59,14 +61,15 @@ class ContinuationConfig:
             raise ValueError(f"kinds must be a non-empty subset of {KINDS}, got {self.kinds!r}")
 
     def to_dict(self) -> dict:
-        return {"format_version": FORMAT_VERSION, **asdict(self), "kinds": list(self.kinds)}
+        return {"format": FORMAT_NAME, "version": FORMAT_VERSION, **asdict(self), "kinds": list(self.kinds)}
 
     @classmethod
     def from_dict(cls, data: dict) -> ContinuationConfig:
         data = dict(data)
-        version = data.pop("format_version", None)
-        if version != FORMAT_VERSION:
-            raise ValueError(f"continuation meta format_version {version!r}; this code reads {FORMAT_VERSION}")
+        if "format_version" in data:  # folders written before the common fields: the same format, version 1
+            data["format"], data["version"] = FORMAT_NAME, data.pop("format_version")
+        check_format(data, FORMAT_NAME, FORMAT_VERSION, "a continuations folder's meta", "the meta file")
+        data.pop("format"), data.pop("version")
         return cls(**data)
 
 

@@ -41,9 +41,13 @@ import threading
 import weakref
 from pathlib import Path
 
-from ..utils import check_int, is_int, unwrap_peft
+from ..utils import check_format, check_int, is_int, unwrap_peft
 from .drafter import (
-    TARGET_ARCHITECTURE_ATTR, drafter_from_target, feature_drafter_from_target, feature_layers_of, target_architecture,
+    TARGET_ARCHITECTURE_ATTR,
+    drafter_from_target,
+    feature_drafter_from_target,
+    feature_layers_of,
+    target_architecture,
 )  # fmt: skip
 
 logger = logging.getLogger(__name__)
@@ -100,20 +104,8 @@ class EvoSpecDrafter:
                 raise ValueError(f"it holds {reprlib.repr(config)}, expected a JSON object")
         except ValueError as err:  # json.JSONDecodeError is a ValueError
             raise ValueError(f"{path} is corrupt: {type(err).__name__}: {err}") from err
-        if config.get("format") != FORMAT_NAME:
-            raise ValueError(
-                f"{path} is not an evospec_hf drafter checkpoint: its 'format' is {config.get('format')!r}, "
-                f"expected {FORMAT_NAME!r}."
-            )
-        version = config.get("version")
-        if is_int(version) and version > FORMAT_VERSION:
-            raise ValueError(
-                f"{path} has checkpoint format version {version}, but this evospec_hf reads versions 1 to "
-                f"{FORMAT_VERSION}: it was written by a newer evospec_hf; upgrade evospec_hf to load it."
-            )
+        version = check_format(config, FORMAT_NAME, FORMAT_VERSION, "an evospec_hf drafter checkpoint", path)
         try:
-            if not (is_int(version) and version >= 1):
-                raise ValueError(f"'version' is {version!r}, expected 1 to {FORMAT_VERSION}")
             required = ["target", "num_layers", "vocab_size", "adapter"] + ["target_architecture"] * (version >= 2)
             for key in required:
                 if key not in config:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..utils import is_int
+from ..utils import check_format, is_int
 from .drafter import target_architecture
 
 EXIT_CONFIG = "evospec_exit.json"
@@ -70,12 +70,7 @@ class ExitHead(nn.Module):
         if not path.is_file():
             raise FileNotFoundError(f"no {EXIT_CONFIG} in {str(folder)!r}: make one with evospec-hf train-exit-head")
         config = json.loads(path.read_text())
-        if config.get("format") != FORMAT_NAME:
-            raise ValueError(f"{path} is not an exit head (format {config.get('format')!r}, expected {FORMAT_NAME!r})")
-        if not is_int(config.get("version")) or config["version"] > FORMAT_VERSION:
-            raise ValueError(
-                f"{path} has format version {config.get('version')!r}; this evospec_hf reads up to {FORMAT_VERSION}"
-            )
+        check_format(config, FORMAT_NAME, FORMAT_VERSION, "an evospec_hf exit head", path)
         expected = target_architecture(target)
         if config.get("target_architecture") != expected:
             raise ValueError(

@@ -45,8 +45,9 @@ from pathlib import Path
 
 import torch
 
-from ..utils import cache_dir
+from ..utils import cache_dir, check_format
 
+FORMAT_NAME = "evospec-calibration"
 FORMAT_VERSION = 1
 FILE_NAME = f"calibration-v{FORMAT_VERSION}.json"  # a later format gets its own file instead of clobbering this one
 DISABLE_VALUES = ("0", "false", "off", "no")
@@ -199,12 +200,11 @@ def _read(path: Path) -> dict:
         return {}
     try:
         data = json.loads(text)
-        if (
-            not isinstance(data, dict)
-            or data.get("format") != FORMAT_VERSION
-            or not isinstance(data.get("tables"), dict)
-        ):
-            raise ValueError(f"not a format-{FORMAT_VERSION} calibration file")
+        if not isinstance(data, dict) or not isinstance(data.get("tables"), dict):
+            raise ValueError("not a calibration file")
+        if data.get("format") == FORMAT_VERSION and "version" not in data:  # the first layout: {"format": 1}
+            data = {**data, "format": FORMAT_NAME, "version": FORMAT_VERSION}
+        check_format(data, FORMAT_NAME, FORMAT_VERSION, "a calibration cache", "the file")
         tables = data["tables"]
         for entry in tables.values():
             _decode(entry["values"])  # every entry must decode, or the file is not trusted at all
@@ -217,7 +217,7 @@ def _read(path: Path) -> dict:
 
 
 def _write(path: Path, tables: dict) -> bool:
-    text = json.dumps({"format": FORMAT_VERSION, "tables": tables}, indent=1, sort_keys=True)
+    text = json.dumps({"format": FORMAT_NAME, "version": FORMAT_VERSION, "tables": tables}, indent=1, sort_keys=True)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # same folder, so that the rename is atomic: a reader sees the old file or the new one, never a part;

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..utils import check_int, drafter_folder, is_int
+from ..utils import check_format, check_int, drafter_folder, is_int
 
 FORMAT_NAME = "evospec-frequency-table"
 FORMAT_VERSION = 1
@@ -123,10 +123,7 @@ class FrequencyTable:
                 data = json.load(f)
             if not isinstance(data, dict):
                 raise ValueError(f"it holds {reprlib.repr(data)}, expected a JSON object with the table's fields")
-            if data.get("format") != FORMAT_NAME:
-                raise ValueError(f"'format' is {data.get('format')!r}, expected {FORMAT_NAME!r}")
-            if data.get("version") != FORMAT_VERSION:
-                raise ValueError(f"'version' is {data.get('version')!r}, expected {FORMAT_VERSION}")
+            check_format(data, FORMAT_NAME, FORMAT_VERSION, "a frequency table", "the file")
             check_int("vocab_size", data["vocab_size"], minimum=1)
             table = cls(
                 vocab_size=data["vocab_size"],

@@ -26,6 +26,8 @@ from collections import Counter
 import numpy as np
 import torch
 
+from ..utils import check_format
+
 SEMANTIC_NAME = "evospec_semantic.safetensors"
 SEMANTIC_FORMAT = "evospec-semantic-index"
 SEMANTIC_VERSION = "1"
@@ -141,8 +143,9 @@ class SemanticIndex:
             with safe_open(path, framework="pt") as f:
                 metadata = f.metadata() or {}
                 neighbors = f.get_tensor("neighbors")
-            if metadata.get("format") != SEMANTIC_FORMAT or metadata.get("version") != SEMANTIC_VERSION:
-                raise ValueError(f"format {metadata.get('format')!r} version {metadata.get('version')!r}")
+            version = int(metadata["version"]) if str(metadata.get("version", "")).isdigit() else None
+            check_format({**metadata, "version": version}, SEMANTIC_FORMAT, int(SEMANTIC_VERSION), "a semantic index",
+                         "the file")  # fmt: skip
             if neighbors.dim() != 2 or neighbors.dtype != torch.int32:
                 raise ValueError(f"'neighbors' is {neighbors.dtype} {tuple(neighbors.shape)}, not a 2-D int32 table")
             if (int(metadata["vocab_size"]), int(metadata["k"])) != tuple(neighbors.shape):

@@ -105,7 +105,7 @@ def test_a_corrupt_file_is_ignored_with_a_warning_and_rewritten(cache_dir):
     with pytest.warns(UserWarning, match="corrupt calibration cache"):
         save_machine_costs()
     data = json.loads(path.read_text(encoding="utf-8"))
-    assert data["format"] == calibration.FORMAT_VERSION
+    assert (data["format"], data["version"]) == (calibration.FORMAT_NAME, calibration.FORMAT_VERSION)
     assert [entry["values"] for entry in data["tables"].values()] == [[[3, 0.2]]]
 
 
