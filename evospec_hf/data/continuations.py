@@ -26,7 +26,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..utils import check_format
+from ..utils import check_choice, check_format, check_int
 from .corpora import SPLITS
 from .mixture import KINDS, documents
 from .sources import SourceMissing
@@ -52,10 +52,9 @@ class ContinuationConfig:
     def __post_init__(self):
         self.kinds = tuple(self.kinds)
         for name in ("per_kind", "prompt_tokens", "max_new_tokens"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
+            check_int(name, getattr(self, name))
+        check_int("seed", self.seed, minimum=None)
+        check_choice("split", self.split, SPLITS)
         unknown = [k for k in self.kinds if k not in KINDS]
         if unknown or not self.kinds:
             raise ValueError(f"kinds must be a non-empty subset of {KINDS}, got {self.kinds!r}")

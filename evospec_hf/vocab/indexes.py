@@ -26,7 +26,7 @@ from collections import Counter
 import numpy as np
 import torch
 
-from ..utils import check_format
+from ..utils import check_format, check_int
 
 SEMANTIC_NAME = "evospec_semantic.safetensors"
 SEMANTIC_FORMAT = "evospec-semantic-index"
@@ -173,8 +173,7 @@ class NGramIndex:
     """
 
     def __init__(self, order: int = 2):
-        if isinstance(order, bool) or not isinstance(order, int) or order < 1:
-            raise ValueError(f"order must be a positive integer, got {order!r}")
+        check_int("order", order)
         self.order = order
         self.counts: dict[tuple[int, ...], Counter] = {}
 

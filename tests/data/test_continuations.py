@@ -141,6 +141,8 @@ def test_writer_resumes_and_refuses_another_config(tmp_path, tokenizer):
 def test_config_names_the_bad_field():
     with pytest.raises(ValueError, match="prompt_tokens"):
         ContinuationConfig(prompt_tokens=0)
+    with pytest.raises(ValueError, match="per_kind"):
+        ContinuationConfig(per_kind=True)  # a bool is not a count
     with pytest.raises(ValueError, match="split"):
         ContinuationConfig(split="test")
     with pytest.raises(ValueError, match="kinds"):
