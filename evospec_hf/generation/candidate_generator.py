@@ -198,13 +198,7 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
                 declined = proposed
             if len(draft) == 0 and declined is not None:
                 draft = declined
-            draft = self.stop.trim(input_ids, draft)
-            if self.verifier is not None and len(draft):
-                began, offered = time.perf_counter(), len(draft)
-                draft = draft.truncate(self.verifier.keep(input_ids, draft))
-                self.stats.verifier_checked += offered
-                self.stats.verifier_removed += offered - len(draft)
-                self.stats.verifier_seconds += time.perf_counter() - began
+            draft = self._cut(input_ids, draft)
         draft.seconds = time.perf_counter() - start
         if self.acceptance is not None:
             self.acceptance.begin(draft, input_ids.shape[1])
@@ -214,6 +208,26 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
         if len(draft) == 0:
             return input_ids, None
         return torch.cat([input_ids, draft.tokens[None, :]], dim=-1), draft.logits
+
+    def _cut(self, input_ids: torch.LongTensor, draft: Draft) -> Draft:
+        """Where a round ends: every cut, in this order, is decided here or named here.
+
+        1. Before drafting, the length limit: the draft length rule's length for the source, and the room left before
+           `max_length` (the target adds one token of its own) — `get_candidates` passes it to the source.
+        2. While drafting, inside the drafter: `confidence_threshold` and the entropy stop (`entropy_stop`) end the
+           drafter's round token by token (`token_drafter.py`, `feature_drafter.py`).
+        3. Here: the first position where a stopping criterion would fire (`stopping.py`), so the target never
+           verifies past the call's end;
+        4. then HiSpec's intermediate verifier keeps the prefix its exit head accepts (`hispec.py`).
+        """
+        draft = self.stop.trim(input_ids, draft)
+        if self.verifier is not None and len(draft):
+            began, offered = time.perf_counter(), len(draft)
+            draft = draft.truncate(self.verifier.keep(input_ids, draft))
+            self.stats.verifier_checked += offered
+            self.stats.verifier_removed += offered - len(draft)
+            self.stats.verifier_seconds += time.perf_counter() - began
+        return draft
 
     def update_candidate_strategy(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, num_matches: int):
         """Passes the verified round to the observers (stats, draft length rule, learner).
