@@ -36,6 +36,18 @@ class CallMeasure:
     shipped: tuple  # (hits, positions) of the starting adapter, on the same positions
     drafter_share: float = 1.0  # the fraction of the call's rounds the drafter drafted (the rest were copies)
 
+    @classmethod
+    def of_call(
+        cls, seconds: float, blocked: float, update_ms: list, rounds: list, learned: tuple, shipped: tuple
+    ) -> CallMeasure:
+        """A call's measure from what its session recorded: its wall time, the seconds it waited for background
+        learning (`blocked`), its in-loop updates (`update_ms`), its rounds as `(tokens drafted, copied from the
+        context)` pairs, and the two adapters' `(hits, positions)` on its output."""
+        drafted = [d for d, copied in rounds if not copied]  # the adapter's own rounds (copies do not change)
+        waited = blocked + sum(update_ms) / 1e3
+        share = len(drafted) / max(len(rounds), 1)
+        return cls(seconds, waited, sum(drafted) / max(len(drafted), 1), learned, shipped, share)
+
 
 @dataclass
 class Verdict:

@@ -40,9 +40,8 @@ import torch.nn.functional as F
 from ..config import JsonConfigMixin
 from ..models.drafter import shifted_feature_inputs
 from ..utils import check_bool, check_choice, check_int, check_number
+from ..vocab.shortlist import OUTSIDE_SHORTLIST  # noqa: F401 - importable from here as before
 from .kd import full_kd_loss, topk_kd_loss
-
-OUTSIDE_SHORTLIST = 1 << 30  # rank of a target token the drafter could not propose
 
 
 @dataclass

@@ -36,11 +36,12 @@ from transformers import (
 )  # fmt: skip
 
 from ..config import EvoSpecConfig
-from ..evolve.session import EvoSpecSession, drafter_lock
+from ..locks import drafter_lock
 from ..ops.calibration import machine_costs, save_machine_costs
 from ..ops.verify_head import HeadScreen, columns_verify_head
 from .batched import SCORES_ONLY, BatchCosts, batched_assisted_decoding
 from .candidate_generator import EvoSpecCandidateGenerator
+from .session_protocol import SessionProtocol
 from .stats import DraftStats
 
 # a reload of this module must not wrap the wrapper
@@ -52,7 +53,7 @@ def evospec_drafting(
     model,
     evospec_config: EvoSpecConfig,
     stats: DraftStats | None = None,
-    session: EvoSpecSession | None = None,
+    session: SessionProtocol | None = None,
     stopping_criteria: StoppingCriteriaList | None = None,
     prepared_criteria: StoppingCriteriaList | None = None,
 ):
@@ -179,7 +180,7 @@ def check_arguments(evospec_config, stats, session) -> None:
     evospec_config.validate()
     if stats is not None and not isinstance(stats, DraftStats):
         raise TypeError(f"`evospec_stats` must be a DraftStats (or None), got {type(stats).__name__}: {stats!r}.")
-    if session is not None and not isinstance(session, EvoSpecSession):
+    if session is not None and not isinstance(session, SessionProtocol):
         raise TypeError(
             f"`evospec_session` must be an EvoSpecSession (or None), got {type(session).__name__}: {session!r}."
         )
@@ -217,7 +218,7 @@ def batched_generate(
     drafter,
     evospec_config: EvoSpecConfig,
     stats: DraftStats | None = None,
-    session: EvoSpecSession | None = None,
+    session: SessionProtocol | None = None,
     **model_kwargs,
 ):
     """Speculative decoding of a left-padded batch (`batched.py`): one candidate generator per row, one batched

@@ -12,7 +12,7 @@ from typing import Protocol
 
 import torch
 
-from ..evolve.online import OUTSIDE_SHORTLIST
+from ..vocab.shortlist import OUTSIDE_SHORTLIST
 
 
 @dataclass

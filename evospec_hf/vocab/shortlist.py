@@ -22,6 +22,10 @@ import torch
 
 from ..ops import packed_lm_head
 
+# the rank of a target token the drafter could not propose (outside its shortlist): what a round reports for it
+# (`generation.rounds.Draft.ranks`) and what the online learner reads (`evolve.online`)
+OUTSIDE_SHORTLIST = 1 << 30
+
 
 class Shortlist:
     """Token-id slots of the drafter's shortlist and the LM head restricted to them.

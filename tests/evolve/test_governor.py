@@ -56,3 +56,11 @@ def test_copied_rounds_are_no_saving():
     half = LearningGovernor(calls=1).observe(1, CallMeasure(4.0, 0.0, 4.0, (70, 100), (60, 100), drafter_share=0.5))
     assert whole.saved_s > 0 and half.saved_s == pytest.approx(whole.saved_s / 2)
     assert half.drafter_share == 0.5
+
+
+def test_a_calls_measure_counts_only_the_drafters_rounds_and_the_time_spent_learning():
+    rounds = [(4, False), (6, True), (2, False), (3, True)]  # (tokens drafted, copied from the context)
+    measure = CallMeasure.of_call(2.0, 0.25, [100.0, 50.0], rounds, (8, 10), (6, 10))
+    assert measure == CallMeasure(2.0, 0.25 + 0.15, 3.0, (8, 10), (6, 10), drafter_share=0.5)
+    empty = CallMeasure.of_call(1.0, 0.0, [], [], (0, 0), (0, 0))
+    assert (empty.drafted, empty.drafter_share, empty.waited) == (0.0, 0.0, 0.0)
