@@ -129,7 +129,7 @@ def test_unsupported_head_is_refused(target):
 
 
 def test_static_without_any_table_explains_both_ways(target, drafter):
-    with pytest.raises(FileNotFoundError, match="static_shortlist_path.*build_static_shortlist"):
+    with pytest.raises(FileNotFoundError, match="static_shortlist_path.*build-static-shortlist"):
         target.generate(PROMPT, max_new_tokens=3, assistant_model=drafter, evospec_config=EvoSpecConfig(shortlist="static", shortlist_size=10))
 
 
