@@ -23,7 +23,9 @@ def test_drafter_is_the_targets_first_layers(arch):
         got = drafter(ids, output_hidden_states=True).hidden_states[1]
     torch.testing.assert_close(got, expected)
     expected = target.generate(ids, max_new_tokens=12, do_sample=False)
-    got = target.generate(ids, max_new_tokens=12, do_sample=False, assistant_model=drafter, evospec_config=EvoSpecConfig())
+    got = target.generate(
+        ids, max_new_tokens=12, do_sample=False, assistant_model=drafter, evospec_config=EvoSpecConfig()
+    )
     assert torch.equal(got, expected)
 
 
