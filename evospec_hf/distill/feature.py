@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..evolve.kd import topk_kd_loss
-from ..models.drafter import feature_inputs, feature_layers_of
+from ..models.drafter import feature_inputs
 from ..ops.softcap import logit_softcap, softcap
 from ..utils import unwrap_peft
 

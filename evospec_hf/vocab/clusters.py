@@ -14,7 +14,6 @@ ranges of that order, which is how the router shortlist reads LM-head rows witho
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 
