@@ -9,12 +9,12 @@
 - `report.py`: JSON, markdown tables and plots.
 """
 
-from .methods import DEFAULT_METHODS, Method, build_methods
+from .methods import Method, build_methods
 from .prompts import BUILTIN_SETS, builtin_prompts, load_prompts
 from .report import write_report
 from .runner import MismatchError, run_benchmark
 
 __all__ = [
-    "BUILTIN_SETS", "DEFAULT_METHODS", "Method", "MismatchError", "build_methods", "builtin_prompts", "load_prompts",
-    "run_benchmark", "write_report",
+    "BUILTIN_SETS", "Method", "MismatchError", "build_methods", "builtin_prompts", "load_prompts", "run_benchmark",
+    "write_report",
 ]  # fmt: skip

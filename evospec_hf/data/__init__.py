@@ -7,19 +7,15 @@
   `evospec-hf continuations`: `load_continuations`, `continuation_chunks`.
 """
 
-from .continuations import ContinuationConfig, continuation_chunks, load_continuations
-from .corpora import DOMAINS, SPLITS, load_domain_corpus, token_chunks
-from .mixture import KINDS, Document, available_kinds, documents, iter_documents, load_mixture, mixture_chunks
+from .continuations import continuation_chunks, load_continuations
+from .corpora import DOMAINS, load_domain_corpus, token_chunks
+from .mixture import KINDS, documents, iter_documents, load_mixture, mixture_chunks
 from .sources import SourceMissing
 
 __all__ = [
-    "ContinuationConfig",
     "DOMAINS",
     "KINDS",
-    "SPLITS",
-    "Document",
     "SourceMissing",
-    "available_kinds",
     "continuation_chunks",
     "documents",
     "iter_documents",

@@ -220,17 +220,6 @@ def documents(kind: str, split: str | None = None) -> list[Document]:
     return [doc for doc in _complete[kind] if split is None or doc.split == split]
 
 
-def available_kinds() -> dict[str, str | None]:
-    """For every kind: None if its main source is on this machine, else why not (with the install line)."""
-    reasons = {}
-    for kind in KINDS:
-        try:
-            reasons[kind] = None if next(iter_documents(kind), None) is not None else "no documents on this machine"
-        except SourceMissing as err:
-            reasons[kind] = str(err)
-    return reasons
-
-
 def load_mixture(split: str = "train", kinds=None, max_docs_per_kind: int | None = None):
     """The mixture as a `datasets.Dataset` with columns `id`, `kind`, `source`, `text`, `prompt_end`.
 
@@ -319,23 +308,3 @@ def mixture_chunks(
             )
         out += [(kind, chunk) for chunk in picked]
     return out
-
-
-def count_tokens(tokenizer, kinds=None, batch_size: int = 256) -> dict[str, dict[str, int]]:
-    """Tokens per kind and split, {kind: {'train': n, 'heldout': n, 'docs_train': n, 'docs_heldout': n}}
-    (no special tokens). Tokenizes everything: minutes for the full mixture."""
-    counts = {}
-    for kind in KINDS if kinds is None else kinds:
-        try:
-            docs = documents(kind)
-        except SourceMissing:
-            continue
-        row = {"train": 0, "heldout": 0, "docs_train": 0, "docs_heldout": 0}
-        for start in range(0, len(docs), batch_size):
-            batch = docs[start : start + batch_size]
-            encoded = tokenizer([d.text for d in batch], add_special_tokens=False)["input_ids"]
-            for doc, ids in zip(batch, encoded):
-                row[doc.split] += len(ids)
-                row[f"docs_{doc.split}"] += 1
-        counts[kind] = row
-    return counts

@@ -12,8 +12,8 @@ The generator decides nothing itself. Each round it:
 3. hands them to transformers, whose loop verifies them with the target over the full vocabulary (with the opt-in,
    LOSSY `lossy_acceptance`, a logits processor of the call accepts drafts close to the target's distribution:
    `logits_process.py`);
-4. passes the verified round to its observers: the stats (`stats.py`), the draft length rule (`schedule.py`), and
-   the session's online learner (`evospec_hf.evolve`).
+4. passes the verified round to the draft length rule (`schedule.py`) and to its observers: the stats
+   (`stats.py`) and the session's online learner (`evospec_hf.evolve`).
 """
 
 from __future__ import annotations
@@ -49,10 +49,8 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
         input_ids (`torch.LongTensor` of shape `(1, sequence_length)`): the prompt.
         assistant_model (`PreTrainedModel`): the drafter, a decoder-only causal LM sharing the target's vocabulary.
         generation_config (`GenerationConfig`): the target's prepared generation config.
-        model_kwargs (`dict`): the target's model kwargs (unused; the parent's signature).
         evospec_config (`EvoSpecConfig`): drafting options.
         target_vocab_size (`int`): rows of the target's LM head; must equal the drafter's.
-        inputs_tensor (`torch.Tensor`, *optional*): unused (the parent's signature).
         logits_processor (`LogitsProcessorList`, *optional*): the target's processors, applied to draft scores too.
         stats (`DraftStats`, *optional*): filled in as rounds complete.
         session (`EvoSpecSession`, *optional*): learns from every round's verification (online alignment) and
@@ -71,10 +69,8 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
         input_ids: torch.LongTensor,
         assistant_model,
         generation_config,
-        model_kwargs: dict,
         evospec_config: EvoSpecConfig,
         target_vocab_size: int,
-        inputs_tensor: torch.Tensor | None = None,
         logits_processor: LogitsProcessorList | None = None,
         stats: DraftStats | None = None,
         session=None,
@@ -157,7 +153,7 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
         if evospec_config.lossy_acceptance is not None:
             self.acceptance = LossyJSAcceptance(evospec_config.lossy_js_scale, stats=self.stats)
             logits_processor.append(self.acceptance)  # transformers' loop applies it to the target's scores
-        self.observers = [self.stats, self.length]
+        self.observers = [self.stats]  # the draft length rule learns from verified rounds only
         if learner is not None:
             feature_drafter = self.drafter if isinstance(self.drafter, FeatureDrafter) else None
             self.observers.append(_LearnerFeedback(learner, self.stats, feature_drafter))
@@ -230,7 +226,7 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
         return draft
 
     def update_candidate_strategy(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, num_matches: int):
-        """Passes the verified round to the observers (stats, draft length rule, learner).
+        """Passes the verified round to the draft length rule and the observers (stats, learner).
 
         Args:
             input_ids (`torch.LongTensor` of shape `(1, sequence_length)`): the sequence after verification.
@@ -241,6 +237,7 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
             self._draft, int(num_matches), input_ids, scores, time.perf_counter() - self._handed_over, self._prefill
         )
         self._prefill = False
+        self.length.verified(result)
         for observer in self.observers:
             observer.verified(result)
 

@@ -90,7 +90,7 @@ def evospec_drafting(
         finally:
             drafting.holds.close()
 
-    def make_generator(
+    def make_generator(  # transformers passes these by name (`inputs_tensor` and `model_kwargs` are not needed)
         generation_config, input_ids, inputs_tensor, logits_processor, model_kwargs,
         assistant_model=None, target_tokenizer=None, assistant_tokenizer=None,
     ):  # fmt: skip
@@ -111,10 +111,8 @@ def evospec_drafting(
             input_ids=input_ids,
             assistant_model=assistant_model,
             generation_config=generation_config,
-            model_kwargs=model_kwargs,
             evospec_config=evospec_config,
             target_vocab_size=target_vocab_size,
-            inputs_tensor=inputs_tensor,
             logits_processor=logits_processor,
             stats=stats,
             session=session,
@@ -253,7 +251,7 @@ def batched_generate(
 
     def new_generator(row_ids, row_stats):
         return EvoSpecCandidateGenerator(
-            input_ids=row_ids, assistant_model=drafter, generation_config=generation_config, model_kwargs={},
+            input_ids=row_ids, assistant_model=drafter, generation_config=generation_config,
             evospec_config=evospec_config, target_vocab_size=target_vocab_size, logits_processor=draft_processors,
             stats=row_stats, verify_seconds=costs.table, stopping_criteria=stopping_criteria, target=model,
             in_batch=True,

@@ -1,8 +1,8 @@
 """What one draft-and-verify round carries between its parts.
 
 A candidate source proposes a `Draft`; the target verifies it in transformers' loop; the generator then hands a
-`RoundResult` to its `RoundObserver`s (the stats, the draft length rule, the learner), which is the only way round
-feedback travels.
+`RoundResult` to the draft length rule and to its `RoundObserver`s (the stats, the learner), which is the only way
+round feedback travels.
 """
 
 from __future__ import annotations

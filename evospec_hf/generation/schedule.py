@@ -9,8 +9,8 @@
 
 Each source has a starting length and an upper bound (`DraftLength.limits`): the drafter starts at
 `num_draft_tokens` and stays within `max_draft_tokens`; the context lookup copies up to `lookup_tokens`. A rule
-learns from the rounds it observes (it is one of the candidate generator's `RoundObserver`s) and never reads the
-vocabulary. The room left before `max_length` is the generator's business, not the rule's.
+learns from the verified rounds the candidate generator passes it (`verified`) and never reads the vocabulary.
+The room left before `max_length` is the generator's business, not the rule's.
 
 ## The "cost" rule
 
@@ -53,9 +53,6 @@ class DraftLength(Protocol):
     def prefer(self, draft: Draft) -> bool:
         """Whether to verify `draft` (a source's proposal) rather than ask the next source (the drafter)."""
 
-    def handed_over(self, draft: Draft) -> None:
-        """The round's drafts go to the target."""
-
     def verified(self, result: RoundResult) -> None:
         """The round was verified: learn from it."""
 
@@ -94,9 +91,6 @@ class ConstantLength:
     def prefer(self, draft: Draft) -> bool:
         return True
 
-    def handed_over(self, draft: Draft) -> None:
-        pass
-
     def verified(self, result: RoundResult) -> None:
         pass
 
@@ -116,9 +110,6 @@ class HeuristicLength:
 
     def prefer(self, draft: Draft) -> bool:
         return True  # a copy from the context is always taken
-
-    def handed_over(self, draft: Draft) -> None:
-        pass
 
     def verified(self, result: RoundResult) -> None:
         source = result.draft.source
@@ -180,9 +171,6 @@ class CostAwareLength:
         a = self.acceptance(key)
         copy_rate = expected_tokens_per_round(a, len(draft)) / self._verify_cost(len(draft))
         return copy_rate >= self._best("drafter", self.limits["drafter"][1])[1]
-
-    def handed_over(self, draft: Draft) -> None:
-        pass
 
     def verified(self, result: RoundResult) -> None:
         # the call's first verification also reads the whole prompt: its time is not a draft length's cost
@@ -284,9 +272,6 @@ class EntropyStop:
 
     def prefer(self, draft: Draft) -> bool:
         return self.rule.prefer(draft)
-
-    def handed_over(self, draft: Draft) -> None:
-        self.rule.handed_over(draft)
 
     def verified(self, result: RoundResult) -> None:
         self.rule.verified(result)

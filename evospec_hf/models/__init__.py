@@ -2,9 +2,6 @@
 
 from .checkpoint import EvoSpecDrafter
 from .drafter import drafter_from_target, feature_drafter_from_target
-from .targets import KNOWN_TARGETS, converted_path, default_cache_dir, load_target
+from .targets import default_cache_dir, load_target
 
-__all__ = [
-    "EvoSpecDrafter", "KNOWN_TARGETS", "converted_path", "default_cache_dir", "drafter_from_target",
-    "feature_drafter_from_target", "load_target",
-]  # fmt: skip
+__all__ = ["EvoSpecDrafter", "default_cache_dir", "drafter_from_target", "feature_drafter_from_target", "load_target"]

@@ -2,10 +2,10 @@
 (`Shortlist`), and their sources (static frequency tables, context tokens, retrieval indexes, the cluster router)."""
 
 from .draft_vocab import DraftVocabulary
-from .frequency import FrequencyTable, build_drafter_emission_table, build_frequency_table, resolve_static_table
+from .frequency import FrequencyTable, build_drafter_emission_table, build_frequency_table
 from .shortlist import Shortlist, build_shortlist, release_shortlist
 
 __all__ = [
-    "DraftVocabulary", "FrequencyTable", "build_drafter_emission_table", "build_frequency_table",
-    "resolve_static_table", "Shortlist", "build_shortlist", "release_shortlist",
+    "DraftVocabulary", "FrequencyTable", "build_drafter_emission_table", "build_frequency_table", "Shortlist",
+    "build_shortlist", "release_shortlist",
 ]  # fmt: skip

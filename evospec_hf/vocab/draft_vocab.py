@@ -131,12 +131,14 @@ class DraftVocabulary:
         """
         if self.shortlist is None:
             return None, softcap(F.linear(hidden, self.weight, self.bias).float(), self.logit_cap)
-        ids, logits = self.shortlist.token_ids, self.shortlist.logits(hidden)
+        ids, logits = self.shortlist.token_ids, softcap(self.shortlist.logits(hidden), self.logit_cap)
         if self.routed is not None:
             routed_ids, routed_logits = self.routed.logits(hidden, self.routed.select(hidden, self.router_budget))
+            # masked after the softcap, which would turn -inf into -cap: a token with a slot is proposed only there
+            routed_logits = softcap(routed_logits, self.logit_cap)
             routed_logits = routed_logits.masked_fill(self.shortlist.contains(routed_ids), float("-inf"))
             ids, logits = torch.cat([ids, routed_ids]), torch.cat([logits, routed_logits], dim=-1)
-        return ids, softcap(logits, self.logit_cap)
+        return ids, logits
 
     def holds(self, hidden: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
         """`(T, hidden_size)` hidden states and `(T,)` token ids -> `(T,)` bool: whether each step's vocabulary (the

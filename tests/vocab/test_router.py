@@ -2,7 +2,6 @@ import pytest
 import torch
 
 from evospec_hf import EvoSpecConfig
-from evospec_hf.ops import sparse_lm_head_reference
 from evospec_hf.vocab.clusters import TokenClusters, cluster_vocabulary
 from evospec_hf.vocab.router import ClusterRouter, RoutedHead, load_routed_head
 
@@ -37,19 +36,45 @@ def test_clusters_round_trip_and_corruption(tmp_path):
         TokenClusters.load(tmp_path)
 
 
+def expected_clusters(scores: torch.Tensor, sizes: list, budget: int) -> list:
+    """The rule, by hand: clusters best first (plain topk over the raw scores) while their tokens fit in `budget`,
+    at least one."""
+    chosen, used = [], 0
+    for c in torch.topk(scores, len(sizes)).indices.tolist():
+        if chosen and used + sizes[c] > budget:
+            break
+        chosen.append(c)
+        used += sizes[c]
+    return chosen
+
+
 def test_routed_head_reads_the_selected_clusters_within_budget():
     gen = torch.Generator().manual_seed(0)
     weight, bias = torch.randn(60, 8, generator=gen), torch.randn(60, generator=gen)
-    clusters = TokenClusters.from_assignment(torch.arange(60) % 6)  # 6 clusters of 10
+    # six clusters of different sizes, their tokens scattered over the vocabulary
+    sizes = [4, 7, 9, 10, 13, 17]
+    membership = torch.cat([torch.full((n,), c) for c, n in enumerate(sizes)])[torch.randperm(60, generator=gen)]
+    clusters = TokenClusters.from_assignment(membership)
+    torch.manual_seed(0)
     router = ClusterRouter(8, 6, inner_size=4)
     head = RoutedHead(router, clusters, weight, bias)
-    hidden = torch.randn(1, 8, generator=gen)
-    chosen = head.select(hidden, budget=25)
-    assert len(chosen) == 2  # 10 + 10 fit in 25 tokens, a third cluster would not
-    assert chosen[0] == int(router(hidden).argmax())
-    ids, logits = head.logits(hidden, chosen)
-    assert sorted(ids.tolist()) == sorted(clusters.tokens_of(torch.tensor(chosen)).tolist())
-    torch.testing.assert_close(logits, sparse_lm_head_reference(hidden, weight, ids, bias))
+    contexts = torch.randn(8, 8, generator=gen)
+    with torch.no_grad():
+        scores = router(contexts)  # the router's raw scores
+    counts = set()
+    for hidden, row in zip(contexts, scores):
+        hidden = hidden[None]
+        for budget in (3, 15, 25, 40, 60):
+            wanted = expected_clusters(row, sizes, budget)
+            counts.add(len(wanted))
+            assert head.select(hidden, budget) == wanted
+            allowed = [t for t in range(60) if int(membership[t]) in wanted]
+            ids, logits = head.logits(hidden, wanted)
+            assert sorted(ids.tolist()) == allowed  # each allowed token once, nothing else
+            torch.testing.assert_close(logits, hidden @ weight[ids].T + bias[ids])  # each column its token's row
+            held = head.holds(hidden.expand(60, 8), torch.arange(60), budget)
+            assert held.tolist() == [t in allowed for t in range(60)]
+    assert counts >= {1, 2, 3, 4}  # one cluster (even past the budget), and several
 
 
 def test_drafters_sharing_a_head_keep_their_routed_heads_and_share_the_sorted_rows(tmp_path):
