@@ -39,7 +39,7 @@ import weakref
 import torch
 
 from ..models.drafter import feature_layers_of
-from ..utils import unwrap_peft
+from ..utils import peft_wrapping, unwrap_peft
 from .governor import CallMeasure, LearningGovernor
 from .online import AlignerState, AlignmentStats, OnlineAligner, OnlineAlignmentConfig
 
@@ -229,7 +229,8 @@ class EvoSpecSession:
 
         rank = self.config.lora_rank
         lora = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules="all-linear")
-        return get_peft_model(drafter, lora).eval()
+        with peft_wrapping():
+            return get_peft_model(drafter, lora).eval()
 
     # -- used by the candidate generator, once per generate call ------------------------------------------------
     def pause_learning(self) -> None:
