@@ -32,8 +32,8 @@ from types import SimpleNamespace
 import torch
 
 from transformers import (
-    GenerationConfig, GenerationMixin, LogitsProcessorList, StopStringCriteria, StoppingCriteriaList, TemperatureLogitsWarper,
-    TopKLogitsWarper,
+    GenerationConfig, GenerationMixin, LogitsProcessorList, StopStringCriteria, StoppingCriteriaList,
+    TemperatureLogitsWarper, TopKLogitsWarper,
 )  # fmt: skip
 
 from ..config import EvoSpecConfig
@@ -300,7 +300,7 @@ def honour_transformers_drafting(evospec_config: EvoSpecConfig, call_fields: dic
         return dataclasses.replace(evospec_config, **changes)
     except ValueError as error:
         fields = ", ".join(f"{k}={v!r}" for k, v in changes.items())
-        raise ValueError(f"transformers' drafting options of this call make EvoSpecConfig({fields}): {error}") from None
+        raise ValueError(f"transformers' drafting options of this call ask EvoSpecConfig({fields}): {error}") from None
 
 
 def _evospec_value(name: str, value, where: str):

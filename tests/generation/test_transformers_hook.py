@@ -10,7 +10,7 @@ from transformers import GenerationConfig, GenerationMixin
 import evospec_hf
 from evospec_hf import DraftStats, EvoSpecCandidateGenerator, EvoSpecConfig
 
-from ..conftest import VOCAB_SIZE, noisy_copy, tiny_llama
+from ..conftest import noisy_copy, tiny_llama
 
 PROMPT = torch.tensor([[4, 5, 6]])  # (tiny_llama(seed=0) ends [4, 5, 6, 7] at once)
 
@@ -46,9 +46,8 @@ def test_keywords_a_later_transformers_adds_are_taken(monkeypatch):
     target = tiny_llama(seed=0)
     expected = target.generate(PROMPT, max_new_tokens=12, do_sample=False)
     newer_transformers(monkeypatch, synced_streams=None, cache_hint="dynamic")  # not about drafting: ignored
-    got = target.generate(
-        PROMPT, max_new_tokens=12, do_sample=False, assistant_model=noisy_copy(target, 1), evospec_config=EvoSpecConfig()
-    )
+    drafter = noisy_copy(target, 1)
+    got = target.generate(PROMPT, max_new_tokens=12, assistant_model=drafter, evospec_config=EvoSpecConfig())
     assert torch.equal(got, expected)
 
 
@@ -56,7 +55,7 @@ def test_a_drafting_keyword_a_later_transformers_adds_is_refused(monkeypatch):
     target = tiny_llama(seed=0)
     newer_transformers(monkeypatch, assistant_lookahead=4)
     with pytest.raises(ValueError, match="`assistant_lookahead=4`, a drafting option"):
-        target.generate(PROMPT, max_new_tokens=12, do_sample=False, assistant_model=target, evospec_config=EvoSpecConfig())
+        target.generate(PROMPT, max_new_tokens=12, assistant_model=target, evospec_config=EvoSpecConfig())
 
 
 def generate_with(target, drafter, where: str, fields: dict, config: EvoSpecConfig, max_new_tokens: int = 16):
