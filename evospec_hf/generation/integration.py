@@ -214,7 +214,6 @@ def check_request(generation_config, drafter, assistant_tokenizer=None) -> None:
             )
 
 
-
 # -- transformers' own drafting options ------------------------------------------------------------------------------
 # transformers' assisted-decoding fields, and the EvoSpecConfig field that holds the same choice
 TRANSFORMERS_DRAFTING_FIELDS = {
@@ -280,7 +279,7 @@ def honour_transformers_drafting(evospec_config: EvoSpecConfig, call_fields: dic
     changes = {}
     for name, field_name in TRANSFORMERS_DRAFTING_FIELDS.items():
         if call_fields.get(name) is not None:
-            value, where = call_fields[name], "the call"
+            value, where = call_fields[name], "the call's generation options"
         elif getattr(drafter_config, name, None) is not None:
             value, where = getattr(drafter_config, name), "the drafter's generation_config"
         else:
