@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
 from pathlib import Path
 
 
@@ -15,6 +17,19 @@ def cache_dir() -> Path:
 def unwrap_peft(model):
     """The transformers model beneath a peft wrapper (the model itself when it is not wrapped)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+@contextlib.contextmanager
+def peft_wrapping():
+    """Around evospec_hf's own calls that wrap a model in peft (`PeftModel.from_pretrained`, `get_peft_model`).
+
+    peft (0.21) reads transformers' deprecated `is_gradient_checkpointing` when it wraps a model, and transformers
+    then warns the user about a call neither they nor evospec_hf made. That one FutureWarning is hidden here, for
+    the duration of the wrap only; every other warning shows as usual.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 def drafter_folder(drafter) -> str:

@@ -15,6 +15,8 @@ import re
 
 import torch
 
+from ..utils import peft_wrapping
+
 
 def lora_parameters(model) -> dict:
     """The LoRA parameters of a peft model, by name."""
@@ -41,7 +43,8 @@ def with_lora(drafter, rank: int):
     from peft import LoraConfig, get_peft_model
 
     lora = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules="all-linear")
-    return get_peft_model(drafter, lora).eval()
+    with peft_wrapping():  # peft reads a deprecated transformers attribute: not the user's business
+        return get_peft_model(drafter, lora).eval()
 
 
 def read_adapter(directory: str | os.PathLike) -> dict:

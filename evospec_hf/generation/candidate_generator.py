@@ -22,7 +22,7 @@ import time
 
 import torch
 from transformers import LogitsProcessorList
-from transformers.generation.candidate_generator import AssistedCandidateGenerator
+from transformers.generation.candidate_generator import CandidateGenerator
 from transformers.generation.logits_process import MinLengthLogitsProcessor
 
 from ..config import EvoSpecConfig
@@ -39,11 +39,12 @@ from .stopping import StopCheck
 from .token_drafter import TokenDrafter, check_drafter_head
 
 
-class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
+class EvoSpecCandidateGenerator(CandidateGenerator):
     """Drafts candidate tokens for transformers' assisted decoding (see the module docstring for a round).
 
-    It subclasses `AssistedCandidateGenerator` (transformers checks for it) without running its `__init__`: that
-    copies generation configs and model kwargs for `assistant_model.generate()`, which this generator never calls.
+    It subclasses transformers' `CandidateGenerator`, not `AssistedCandidateGenerator`: transformers' loop writes the
+    draft length of an `AssistedCandidateGenerator` back into the drafter's `generation_config` when a call ends (with
+    `num_assistant_tokens_schedule="heuristic"`), and evospec_hf leaves the user's models as they were.
 
     Args:
         input_ids (`torch.LongTensor` of shape `(1, sequence_length)`): the prompt.
@@ -91,8 +92,6 @@ class EvoSpecCandidateGenerator(AssistedCandidateGenerator):
                 raise ValueError("lossy_acceptance needs the call's logits processors (transformers' assisted loop).")
         self.assistant_model = assistant_model
         self.evospec_config = evospec_config
-        # read by transformers' loop once it ends (with a drafter whose schedule is "heuristic")
-        self.num_assistant_tokens = evospec_config.num_draft_tokens
         self.device = assistant_model.device
         self.max_length = generation_config.max_length
         self.stats = stats if stats is not None else DraftStats()

@@ -99,7 +99,7 @@ def calibrate(
                     break
                 verify()
             table[k] = statistics.median(verify() for _ in range(repeats))
-    save_machine_costs()
+    save_machine_costs(force=True)  # the lengths measured again are written too (a plain save writes new ones only)
     return dict(table)
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
 import threading
 import weakref
@@ -31,8 +32,8 @@ from types import SimpleNamespace
 import torch
 
 from transformers import (
-    GenerationMixin, LogitsProcessorList, StopStringCriteria, StoppingCriteriaList, TemperatureLogitsWarper,
-    TopKLogitsWarper,
+    GenerationConfig, GenerationMixin, LogitsProcessorList, StopStringCriteria, StoppingCriteriaList,
+    TemperatureLogitsWarper, TopKLogitsWarper,
 )  # fmt: skip
 
 from ..config import EvoSpecConfig
@@ -92,9 +93,14 @@ def evospec_drafting(
 
     def make_generator(  # transformers passes these by name (`inputs_tensor` and `model_kwargs` are not needed)
         generation_config, input_ids, inputs_tensor, logits_processor, model_kwargs,
-        assistant_model=None, target_tokenizer=None, assistant_tokenizer=None,
+        assistant_model=None, target_tokenizer=None, assistant_tokenizer=None, **newer_arguments,
     ):  # fmt: skip
+        # transformers' own `_get_candidate_generator` signature; keywords a later transformers adds are checked
+        check_newer_arguments(newer_arguments)
         check_request(generation_config, assistant_model, assistant_tokenizer)
+        call_config = honour_transformers_drafting(
+            evospec_config, prepared_drafting_fields(generation_config), assistant_model
+        )
         criteria = prepared_criteria
         if criteria is None:  # the criteria `generate` built for this call: the same merge of config and user's
             criteria = model._get_stopping_criteria(
@@ -111,7 +117,7 @@ def evospec_drafting(
             input_ids=input_ids,
             assistant_model=assistant_model,
             generation_config=generation_config,
-            evospec_config=evospec_config,
+            evospec_config=call_config,
             target_vocab_size=target_vocab_size,
             logits_processor=logits_processor,
             stats=stats,
@@ -207,6 +213,114 @@ def check_request(generation_config, drafter, assistant_tokenizer=None) -> None:
             )
 
 
+# -- transformers' own drafting options ------------------------------------------------------------------------------
+# transformers' assisted-decoding fields, and the EvoSpecConfig field that holds the same choice
+TRANSFORMERS_DRAFTING_FIELDS = {
+    "num_assistant_tokens": "num_draft_tokens",
+    "num_assistant_tokens_schedule": "draft_schedule",
+    "assistant_confidence_threshold": "confidence_threshold",
+}
+# transformers' schedules that evospec_hf's `draft_schedule` has ("heuristic" is refused: see `_evospec_value`)
+_SCHEDULES = {"constant": "constant", "heuristic_transient": "heuristic"}
+# a keyword of `_get_candidate_generator` whose name holds one of these is about drafting
+_DRAFTING_WORDS = ("assistant", "draft", "candidate", "specul")
+
+
+def check_newer_arguments(arguments: dict) -> None:
+    """Keywords a later transformers passes to `_get_candidate_generator` that evospec_hf does not know: ignored when
+    they are not about drafting (or carry None or False), refused when they are, as evospec_hf cannot honour them."""
+    for name, value in arguments.items():
+        if value is not None and value is not False and any(word in name for word in _DRAFTING_WORDS):
+            raise ValueError(
+                f"transformers asked for a candidate generator with `{name}={value!r}`, a drafting option this "
+                "evospec_hf does not know. Drop it, or drop `evospec_config` to let transformers draft."
+            )
+
+
+def given_drafting_fields(model, kwargs: dict) -> dict:
+    """transformers' drafting fields a `generate` call sets: its keywords first, then the fields that are not None
+    of the `generation_config` it passes, then of the target's own (transformers' order of precedence)."""
+    configs = [kwargs.get("generation_config"), model.generation_config]
+    found = {}
+    for name in TRANSFORMERS_DRAFTING_FIELDS:
+        values = [kwargs.get(name), *(getattr(config, name, None) for config in configs if config is not None)]
+        value = next((v for v in values if v is not None), None)
+        if value is not None:
+            found[name] = value
+    return found
+
+
+def prepared_drafting_fields(generation_config) -> dict:
+    """transformers' drafting fields of a call's prepared generation config that the caller set. transformers fills
+    the fields nobody set with its defaults (`num_assistant_tokens=20`, ...), so a value equal to its default counts
+    as not set here (`given_drafting_fields`, which sees what the call was given, also tells those apart)."""
+    defaults = GenerationConfig._get_default_generation_params()
+    found = {}
+    for name in TRANSFORMERS_DRAFTING_FIELDS:
+        value = getattr(generation_config, name, None)
+        if value is not None and value != defaults.get(name):
+            found[name] = value
+    return found
+
+
+def honour_transformers_drafting(evospec_config: EvoSpecConfig, call_fields: dict, drafter) -> EvoSpecConfig:
+    """`evospec_config` for one call, with transformers' drafting fields that the caller set carried over to the
+    EvoSpecConfig field of the same meaning (`TRANSFORMERS_DRAFTING_FIELDS`), or a ValueError where they cannot be.
+
+    `call_fields`: the fields the call set (`given_drafting_fields`, `prepared_drafting_fields`). Where the call sets
+    none, the drafter's `generation_config` may (transformers' own drafting reads them there). A field is carried over
+    when the EvoSpecConfig field is at its default or already holds the same value; otherwise both disagree, and the
+    call is refused rather than one of them ignored. transformers' `num_assistant_tokens_schedule="heuristic"`, which
+    keeps the draft length for the next call in the drafter's generation config, is refused (evospec_hf writes
+    nothing into the user's models); `assistant_confidence_threshold` becomes a fixed `confidence_threshold`.
+    """
+    drafter_config = getattr(drafter, "generation_config", None)
+    changes = {}
+    for name, field_name in TRANSFORMERS_DRAFTING_FIELDS.items():
+        if call_fields.get(name) is not None:
+            value, where = call_fields[name], "the call's generation options"
+        elif getattr(drafter_config, name, None) is not None:
+            value, where = getattr(drafter_config, name), "the drafter's generation_config"
+        else:
+            continue
+        wanted, current = _evospec_value(name, value, where), getattr(evospec_config, field_name)
+        if wanted == current:
+            continue
+        if current != EvoSpecConfig.__dataclass_fields__[field_name].default:
+            raise ValueError(
+                f"`{name}={value!r}` ({where}) and `EvoSpecConfig({field_name}={current!r})` disagree. With "
+                f"`evospec_config`, set it once, as `EvoSpecConfig({field_name}=...)`."
+            )
+        changes[field_name] = wanted
+    if not changes:
+        return evospec_config
+    try:
+        return dataclasses.replace(evospec_config, **changes)
+    except ValueError as error:
+        fields = ", ".join(f"{k}={v!r}" for k, v in changes.items())
+        raise ValueError(f"transformers' drafting options of this call ask EvoSpecConfig({fields}): {error}") from None
+
+
+def _evospec_value(name: str, value, where: str):
+    """The EvoSpecConfig value for transformers' drafting field `name` set to `value`."""
+    if name == "num_assistant_tokens_schedule":
+        if value == "heuristic":
+            raise ValueError(
+                f"`num_assistant_tokens_schedule='heuristic'` ({where}) keeps the draft length for the next call by "
+                "writing it into the drafter's generation_config, which evospec_hf does not do. With "
+                "`evospec_config`, use `EvoSpecConfig(draft_schedule='heuristic')` (it starts from "
+                "`num_draft_tokens` at every call) or `draft_schedule='cost'` (the default)."
+            )
+        if value not in _SCHEDULES:
+            raise ValueError(
+                f"`num_assistant_tokens_schedule={value!r}` ({where}) is not a schedule evospec_hf knows; with "
+                "`evospec_config`, use `EvoSpecConfig(draft_schedule=...)`."
+            )
+        return _SCHEDULES[value]
+    if name == "assistant_confidence_threshold" and value == 0:
+        return None  # transformers: 0 turns the threshold off
+    return value
+
 def batched_generate(
     model,
     input_ids,
@@ -227,6 +341,7 @@ def batched_generate(
     """
     check_arguments(evospec_config, stats, session)
     check_request(generation_config, drafter)
+    evospec_config = honour_transformers_drafting(evospec_config, prepared_drafting_fields(generation_config), drafter)
     if session is not None:
         raise ValueError(
             "an EvoSpecSession learns from one sequence at a time, but this call has a batch of "
@@ -320,12 +435,12 @@ def _candidate_generator_for(model, make_generator):
                 vars(model).pop("_get_candidate_generator", None)
 
 
-def _dispatch(model_ref, **kwargs):
+def _dispatch(model_ref, *args, **kwargs):
     model = model_ref()
     make_generator = _thread_factories().get(model)
     if make_generator is None:  # plain assisted decoding on a thread with no evospec_hf block
-        return type(model)._get_candidate_generator(model, **kwargs)
-    return make_generator(**kwargs)
+        return type(model)._get_candidate_generator(model, *args, **kwargs)
+    return make_generator(*args, **kwargs)
 
 
 @functools.wraps(_original_generate)
@@ -351,6 +466,9 @@ def generate(
         return _original_generate(self, *args, **kwargs)
     if kwargs.get("custom_generate") is not None:
         # path 2, `screened_greedy` (or a user's own loop): the callable receives the evospec arguments given
+        if kwargs["custom_generate"] is custom_generate and kwargs.get("drafter") is not None:
+            # only here are the call's own keywords seen (see `prepared_drafting_fields`)
+            evospec_config = _honour_given(self, evospec_config or EvoSpecConfig(), kwargs, kwargs["drafter"])
         given = {"evospec_config": evospec_config, "evospec_stats": evospec_stats, "evospec_session": evospec_session}
         return _original_generate(self, *args, **{k: v for k, v in given.items() if v is not None}, **kwargs)
     if evospec_config is None:
@@ -359,6 +477,7 @@ def generate(
         return _original_generate(self, *args, **kwargs)
     if kwargs.get("assistant_model") is None:
         raise ValueError("`evospec_config` needs a drafter: pass `assistant_model=<drafter model>`.")
+    evospec_config = _honour_given(self, evospec_config, kwargs, kwargs["assistant_model"])
     if _batch_size(args, kwargs) > 1:  # transformers' assisted loop takes one row: the batch takes evospec_hf's own
         if kwargs.get("streamer") is not None:
             raise ValueError("a streamer follows one sequence; pass one prompt, or drop `streamer` for a batch.")
@@ -381,6 +500,14 @@ def generate(
 
 
 generate.__evospec_original__ = _original_generate
+
+
+def _honour_given(model, evospec_config, kwargs: dict, drafter):
+    """`honour_transformers_drafting` over what this `generate` call was given (other types of `evospec_config` are
+    refused with a clear error further on)."""
+    if not isinstance(evospec_config, EvoSpecConfig):
+        return evospec_config
+    return honour_transformers_drafting(evospec_config, given_drafting_fields(model, kwargs), drafter)
 
 
 def _stop_strings_as_criterion(model, kwargs: dict) -> dict:

@@ -41,7 +41,7 @@ import threading
 import weakref
 from pathlib import Path
 
-from ..utils import check_format, check_int, is_int, unwrap_peft
+from ..utils import check_format, check_int, is_int, peft_wrapping, unwrap_peft
 from .drafter import (
     TARGET_ARCHITECTURE_ATTR,
     drafter_from_target,
@@ -163,7 +163,8 @@ class EvoSpecDrafter:
         else:
             base = drafter_from_target(target, config["num_layers"])
         try:
-            drafter = PeftModel.from_pretrained(base, adapter_dir)
+            with peft_wrapping():
+                drafter = PeftModel.from_pretrained(base, adapter_dir)
         except Exception as err:  # its files were read above: what fails now is the weights' shapes
             raise ValueError(f"{adapter_dir} does not fit a {config['num_layers']}-layer drafter of {config['target']}: {err}") from err
         if merge_adapter:

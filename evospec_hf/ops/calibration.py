@@ -10,15 +10,19 @@ API (the module's whole surface):
 
     costs = machine_costs(model, "verify_seconds")   # a plain dict, e.g. {3: 0.071, 5: 0.083}
     costs[4] = 0.077                                  # callers read and write it directly
-    save_machine_costs()                              # writes every table that changed (atomic), or nothing
+    save_machine_costs()                              # writes every table that gained entries (atomic), or nothing
 
 - `machine_costs(module, name)` returns the live table for (this machine, `module`'s signature, `name`). Within a
   process every caller with the same key gets the *same* dict object (two instances of one architecture share
   it), loaded from the file on first use. Keys must be `int` or `str` and values JSON-serialisable.
   `signature=` replaces the module's signature (`module_signature`) with the caller's own dict.
-- `save_machine_costs()` writes the tables whose contents differ from what was last read or written. It re-reads
-  the file first, so tables written by other processes meanwhile are kept (the last writer wins per table). It is
-  cheap when nothing changed, so callers flush at the end of each `generate` call.
+- `save_machine_costs()` writes the tables that gained entries since the file was last read or written (a draft
+  length timed for the first time, a matmul order decided), with their current values. A value that changed for
+  an entry the file already has is not a reason to write: `generate` refines its verification costs round after
+  round, and writing each refinement would rewrite the file after every call. Such values reach the file with the
+  table's next new entry, or with `save_machine_costs(force=True)` (`calibrate`, which measured them on purpose).
+  It re-reads the file first, so tables written by other processes meanwhile are kept (the last writer wins per
+  table). It is cheap when nothing is due, so callers flush at the end of each `generate` call.
 - The key: `machine_fingerprint(device)` (CPU model, core count, torch version, torch threads, device and, on
   CUDA, the GPU's name), `module_signature(module)` (class, parameter shapes, dtype, device, attention
   implementation) and the table's name. Anything else about a model does not change these costs.
@@ -142,15 +146,18 @@ def machine_costs(module: torch.nn.Module | None, name: str, signature: dict | N
         return table
 
 
-def save_machine_costs() -> Path | None:
-    """Writes every table that changed since it was read or written to its file. Returns the last file written, or
-    None when nothing needed writing (or the cache is disabled, or the write failed with a warning)."""
+def save_machine_costs(force: bool = False) -> Path | None:
+    """Writes every table that gained entries since it was read or written to its file (with `force`, every table
+    whose values changed too). Returns the last file written, or None when nothing needed writing (or the cache is
+    disabled, or the write failed with a warning)."""
     written = None
     with _lock:
         changed: dict[str, list] = {}
         for slot, table in _tables.items():
             snapshot = dict(table)  # one copy: other threads may write into the table meanwhile
-            if slot[0] is not None and snapshot != _persisted[slot]:
+            persisted = _persisted[slot]
+            due = snapshot != persisted if force else not snapshot.keys() <= persisted.keys()
+            if slot[0] is not None and due:
                 changed.setdefault(slot[0], []).append((slot, snapshot))
         for path, updates in changed.items():
             stored = _read(Path(path))

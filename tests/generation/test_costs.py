@@ -6,7 +6,7 @@ import evospec_hf
 from evospec_hf.generation.costs import BATCH_LENGTHS
 from evospec_hf import DraftStats, EvoSpecConfig
 from evospec_hf.generation.schedule import CostAwareLength
-from evospec_hf.ops.calibration import forget_loaded, machine_costs
+from evospec_hf.ops.calibration import FILE_NAME, forget_loaded, machine_costs
 from evospec_hf.ops.verify_head import VerifyHead
 
 from ..conftest import VOCAB_SIZE, noisy_copy, tiny_llama
@@ -77,3 +77,23 @@ def test_after_calibrate_the_first_call_neither_tries_the_head_nor_explores_leng
     assert torch.equal(got, target.generate(prompt, max_new_tokens=20, do_sample=False))
     assert not trials  # every row count the call verified was already decided
     assert choices and all(set(table) >= set(range(1, 7)) for table in choices)  # every length known from round one
+
+
+def test_calls_after_calibrate_leave_the_calibration_file_alone(tmp_path, monkeypatch):
+    monkeypatch.setenv("EVOSPEC_HF_CACHE", str(tmp_path))
+    monkeypatch.delenv("EVOSPEC_HF_CALIBRATION", raising=False)  # this test writes the file (in tmp_path)
+    forget_loaded()
+    target = tiny_llama(seed=0)
+    config = EvoSpecConfig(num_draft_tokens=3, max_draft_tokens=6, lookup_tokens=6)  # the "cost" schedule
+    evospec_hf.calibrate(target, max_draft_tokens=6, context_length=16, progress=False)
+    path = tmp_path / FILE_NAME
+    prompt = torch.randint(3, VOCAB_SIZE, (1, 12), generator=torch.Generator().manual_seed(0))
+    drafter = noisy_copy(target, seed=1)
+    files = [(path.stat().st_mtime_ns, path.read_bytes())]
+    try:
+        for _ in range(2):  # two identical calls: they refine the costs in memory, the file stays as it was
+            target.generate(prompt, max_new_tokens=20, do_sample=False, assistant_model=drafter, evospec_config=config)
+            files.append((path.stat().st_mtime_ns, path.read_bytes()))
+    finally:
+        forget_loaded()  # the other tests' tables stay in memory only
+    assert files[2] == files[1] == files[0]

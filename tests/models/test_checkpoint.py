@@ -4,6 +4,7 @@ import hashlib
 import json
 import os
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -62,6 +63,12 @@ def test_loaded_drafter_equals_the_saved_one(target, checkpoint):
         evospec_config=EvoSpecConfig(shortlist="static", shortlist_size=30),
     )  # fmt: skip
     assert torch.equal(got, expected)
+
+
+def test_loading_a_drafter_warns_nothing(target, checkpoint):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. not transformers' deprecation of what peft reads while it wraps
+        EvoSpecDrafter.from_pretrained(checkpoint[0], target=target)
 
 
 def lay_out_hub_cache(folder, cache_dir, repo_id, commit="0123456789abcdef0123456789abcdef01234567"):

@@ -184,3 +184,23 @@ def test_threads_share_tables_and_saves_stay_valid(cache_dir):
     assert all(t is tables[0] for t in tables)
     forget_loaded()
     assert machine_costs(model, "verify_seconds") == {i * 100 + j: float(j) for i in range(8) for j in range(20)}
+
+
+def test_refined_values_wait_for_a_new_entry_or_force(cache_dir):
+    model = tiny_llama(seed=0)
+    costs = machine_costs(model, "verify_seconds")
+    costs[1] = 0.05
+    path = save_machine_costs()
+    before = path.stat().st_mtime_ns, path.read_bytes()
+    costs[1] = 0.06  # generate refines a cost the file has: no reason to rewrite it
+    assert save_machine_costs() is None
+    assert (path.stat().st_mtime_ns, path.read_bytes()) == before
+    costs[2] = 0.08  # a new entry: the table is written, the refined value with it
+    assert save_machine_costs() == path
+    forget_loaded()
+    costs = machine_costs(model, "verify_seconds")
+    assert costs == {1: 0.06, 2: 0.08}
+    costs[2] = 0.07
+    assert save_machine_costs(force=True) == path  # calibrate measured it again: written
+    forget_loaded()
+    assert machine_costs(model, "verify_seconds") == {1: 0.06, 2: 0.07}
