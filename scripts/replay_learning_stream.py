@@ -28,7 +28,7 @@ import evospec_hf
 from evospec_hf import EvoSpecConfig, EvoSpecDrafter, EvoSpecSession, OnlineAlignmentConfig
 from evospec_hf.evolve.online import AlignerState, AlignmentStats, OnlineAligner
 from evospec_hf.models.drafter import feature_layers_of
-from evospec_hf.ops import logit_softcap
+from evospec_hf.ops import logit_transform
 from evospec_hf.utils import unwrap_peft
 
 
@@ -63,7 +63,7 @@ def replay(drafter, calls, settings: OnlineAlignmentConfig, pause_updates: float
     head = drafter.get_output_embeddings()
     aligner = OnlineAligner(
         model.base_model, head.weight.detach(), None if head.bias is None else head.bias.detach(),
-        logit_softcap(drafter), params, settings, AlignerState(settings), AlignmentStats(),
+        logit_transform(drafter), params, settings, AlignerState(settings), AlignmentStats(),
         feature_drafter=model if feature_layers_of(model) is not None else None, anchor=initial,
     )  # fmt: skip
     learned = []

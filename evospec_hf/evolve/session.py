@@ -39,7 +39,7 @@ import weakref
 import torch
 
 from ..models.drafter import feature_layers_of
-from ..utils import unwrap_peft
+from ..utils import decoder_body, unwrap_peft
 from .governor import CallMeasure, LearningGovernor
 from .online import AlignerState, AlignmentStats, OnlineAligner, OnlineAlignmentConfig
 
@@ -306,7 +306,7 @@ class EvoSpecSession:
         feature_drafter = model if feature_layers_of(model) is not None else None
         anchor = {name: self._initial[name] for name in trained}
         self._aligner = OnlineAligner(
-            model.base_model, head_weight, head_bias, softcap, trained, self.config, self._state, self.stats,
+            decoder_body(model), head_weight, head_bias, softcap, trained, self.config, self._state, self.stats,
             feature_drafter=feature_drafter, anchor=anchor,
         )  # fmt: skip
         return self._aligner

@@ -1,9 +1,9 @@
 """Kernels of evospec_hf. Each Triton kernel has its plain-torch reference beside it."""
 
-from .softcap import logit_softcap, softcap
+from .softcap import logit_transform, softcap
 from .sparse_lm_head import packed_lm_head, resolve_head_backend, sparse_lm_head_reference, triton_available
 
 __all__ = [
-    "logit_softcap", "packed_lm_head", "resolve_head_backend", "softcap", "sparse_lm_head_reference",
+    "logit_transform", "packed_lm_head", "resolve_head_backend", "softcap", "sparse_lm_head_reference",
     "triton_available",
 ]  # fmt: skip
