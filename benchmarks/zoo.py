@@ -57,6 +57,7 @@ SMALL = dict(
 ROPE = {"rope_type": "default", "rope_theta": 10000.0}
 QSA = dict(indexer_n_heads=2, indexer_kv_heads=1, indexer_head_dim=16, indexer_budget=16, indexer_compress_ratio=4)
 HYBRID = dict(layer_types=["linear_attention", "full_attention"])
+SCALED = dict(logits_scaling=4.0)  # a logit scale that is not 1, so that drafting through it is checked
 # hybrid models get one attention layer of two: with none, plain greedy's cache has no length
 OVERRIDES: dict[str, dict] = {
     "bamba": dict(attn_layer_indices=[1]),
@@ -70,7 +71,13 @@ OVERRIDES: dict[str, dict] = {
     )),
     "gemma3n_text": dict(num_kv_shared_layers=0, vocab_size_per_layer_input=VOCAB_SIZE, hidden_size_per_layer_input=8),
     "gpt_neo": dict(attention_types=[[["global", "local"], 1]]),
-    "granitemoehybrid": dict(layer_types=["mamba", "attention"]),
+    "granite": SCALED,
+    "granite_swa": SCALED,
+    "granitemoe": SCALED,
+    "granitemoe_swa": SCALED,
+    "granitemoeshared": SCALED,
+    "hyperclovax": dict(logits_scaling=0.3),
+    "granitemoehybrid": dict(layer_types=["mamba", "attention"], **SCALED),
     "jamba": dict(attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2, expert_layer_offset=1),
     "kimi_linear": HYBRID,
     "lfm2_moe": dict(layer_types=["conv", "full_attention"], num_dense_layers=1),
