@@ -32,6 +32,17 @@ def peft_wrapping():
         yield
 
 
+def decoder_body(model):
+    """A causal LM's decoder body beneath its LM head (token ids or `inputs_embeds` -> `last_hidden_state`), beneath
+    any peft wrapper: its `base_model`, or its `.model` where the class's `base_model_prefix` names no attribute
+    (Llama 4's causal LM has the prefix "language_model" and keeps its body in `.model`)."""
+    model = unwrap_peft(model)
+    body = model.base_model
+    if body is model and hasattr(getattr(model, "model", None), "forward"):
+        return model.model
+    return body
+
+
 def drafter_folder(drafter) -> str:
     """The folder a drafter was loaded from ('' when it was built in memory): where its shortlist files live."""
     return getattr(unwrap_peft(drafter), "name_or_path", "") or ""

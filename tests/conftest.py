@@ -66,7 +66,8 @@ def noisy_copy(model, seed: int, scale: float = 0.02):
     drafter.load_state_dict(model.state_dict())
     with torch.no_grad():
         for p in drafter.parameters():
-            p.add_(torch.randn_like(p) * scale * p.std().clamp(min=1e-3))
+            spread = p.std() if p.numel() > 1 else p.abs()  # one element has no std (NaN)
+            p.add_(torch.randn_like(p) * scale * spread.clamp(min=1e-3))
     return drafter
 
 
@@ -123,6 +124,30 @@ def more_architectures() -> dict:
             word_embed_proj_dim=32,
         ),
     }
+
+
+def tiny_cohere(seed: int, layers: int = 2, logit_scale: float = 0.3):
+    """Cohere (Command R): its forward multiplies the head's output by `logit_scale` (not a power of two here, so the
+    product rounds)."""
+    from transformers import CohereConfig, CohereForCausalLM
+
+    return tiny_from_config(
+        CohereConfig, CohereForCausalLM, seed, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, logit_scale=logit_scale,
+    )  # fmt: skip
+
+
+def tiny_llama4_text(seed: int, layers: int = 2):
+    """Llama 4's text model: MoE outputs, its body in `.model` under the prefix "language_model", and chunked
+    attention with 8-token chunks (generations cross them), the first layer MoE and without RoPE, the second dense."""
+    from transformers import Llama4ForCausalLM, Llama4TextConfig
+
+    return tiny_from_config(
+        Llama4TextConfig, Llama4ForCausalLM, seed, hidden_size=32, intermediate_size=32, intermediate_size_mlp=64,
+        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_local_experts=4,
+        num_experts_per_tok=1, attention_chunk_size=8, layer_types=["chunked_attention", "full_attention"][:layers],
+        no_rope_layers=[0, 1][:layers], moe_layers=[0],
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="session")

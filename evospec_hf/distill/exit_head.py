@@ -17,12 +17,13 @@ from pathlib import Path
 import torch
 
 from ..evolve.kd import topk_kd_loss
-from ..ops.softcap import logit_softcap, softcap
+from ..ops.softcap import logit_transform, softcap
+from ..utils import decoder_body
 
 
 def final_norm(target):
     """The target's final norm module (what its base model applies after the last layer)."""
-    base = target.base_model
+    base = decoder_body(target)
     for name in ("norm", "ln_f", "final_layernorm", "final_layer_norm"):
         if isinstance(getattr(base, name, None), torch.nn.Module):
             return getattr(base, name)
@@ -34,7 +35,7 @@ def exit_agreement(target, head, records: list) -> dict:
     """Per kind: the share of positions where the exit's argmax over the teacher's top-k ids is the target's
     argmax (the top-k ids hold the target's argmax, and an exit prediction outside them disagrees anyway)."""
     norm, weight = final_norm(target), target.get_output_embeddings().weight
-    cap, hits, totals = logit_softcap(target), {}, {}
+    cap, hits, totals = logit_transform(target), {}, {}
     for record in records:
         hidden = head(norm(record["features"].to(weight.device, weight.dtype)))
         ids = record["topk_ids"].long().to(weight.device)
@@ -56,7 +57,7 @@ def train_exit_head(
     norm = final_norm(target)
     weight = target.get_output_embeddings().weight.detach()
     bias = getattr(target.get_output_embeddings(), "bias", None)
-    cap = logit_softcap(target)
+    cap = logit_transform(target)
     optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.0)
     cosine = lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))  # noqa: E731
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)

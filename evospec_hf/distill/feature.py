@@ -31,8 +31,8 @@ import torch.nn.functional as F
 
 from ..evolve.kd import topk_kd_loss
 from ..models.drafter import shifted_feature_inputs
-from ..ops.softcap import logit_softcap, softcap
-from ..utils import unwrap_peft
+from ..ops.softcap import logit_transform, softcap
+from ..utils import decoder_body, unwrap_peft
 
 
 @torch.no_grad()
@@ -100,7 +100,7 @@ def unrolled_loss(
     """
     model = unwrap_peft(drafter)
     head = model.get_output_embeddings()
-    weight, bias, cap = head.weight, getattr(head, "bias", None), logit_softcap(model)
+    weight, bias, cap = head.weight, getattr(head, "bias", None), logit_transform(model)
     device = weight.device
 
     def stack(key, dtype=None):
@@ -117,7 +117,7 @@ def unrolled_loss(
             break
         inputs = shifted_feature_inputs(model, ids, features=features if s == 0 else None, own=own, step=s)
         positions = torch.arange(s, s + n, device=device).expand(batch, n)  # where these pairs sit when drafting
-        hidden = model.base_model(inputs_embeds=inputs, position_ids=positions).last_hidden_state
+        hidden = decoder_body(model)(inputs_embeds=inputs, position_ids=positions).last_hidden_state
         targets = slice(1 + s, 1 + s + n)
         flat = hidden.reshape(-1, hidden.shape[-1])
         kd = topk_kd_loss(
@@ -148,7 +148,7 @@ def agreement(drafter, records: list, unroll: int = 3) -> dict:
     """
     model = unwrap_peft(drafter)
     head = model.get_output_embeddings()
-    cap = logit_softcap(model)
+    cap = logit_transform(model)
     device = head.weight.device
     hits: dict[str, list[int]] = {}
     totals: dict[str, list[int]] = {}
@@ -163,7 +163,7 @@ def agreement(drafter, records: list, unroll: int = 3) -> dict:
                 break
             inputs = shifted_feature_inputs(model, ids, features=features if s == 0 else None, own=own, step=s)
             positions = torch.arange(s, s + n, device=device)[None]
-            own = model.base_model(inputs_embeds=inputs, position_ids=positions).last_hidden_state
+            own = decoder_body(model)(inputs_embeds=inputs, position_ids=positions).last_hidden_state
             guess = softcap(head(own[0]).float(), cap).argmax(-1)
             kind = record["kind"]
             hits.setdefault(kind, [0] * unroll)[s] += int((guess == truth[1 + s : 1 + s + n]).sum())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..ops.softcap import softcap as _softcap
+from ..ops.softcap import LogitTransform, softcap as _softcap
 
 
 def topk_kd_loss(
@@ -21,7 +21,7 @@ def topk_kd_loss(
     teacher_logits: torch.Tensor,
     weights: torch.Tensor | None = None,
     negatives: torch.Tensor | None = None,
-    softcap: float | None = None,
+    softcap: float | LogitTransform | None = None,
 ) -> torch.Tensor:
     """KD restricted to the teacher's top-k: the drafter's softmax runs over the union of the batch's top-k ids
     (plus optional `negatives`), never over the whole vocabulary.
@@ -32,7 +32,7 @@ def topk_kd_loss(
         teacher_ids, teacher_logits: `(P, k)` the target's top-k token ids and their logits.
         weights: `(P,)` per-position weights (e.g. a curriculum's); None weighs all positions equally.
         negatives: extra token ids to include in the drafter's softmax (e.g. random ones, as distillation does).
-        softcap: the drafter's final-logit softcapping (Gemma), applied as in generation.
+        softcap: what the drafter applies after its head (a softcap, or its `LogitTransform`), as in generation.
 
     Returns:
         the weighted mean cross-entropy, a scalar.
@@ -53,7 +53,7 @@ def full_kd_loss(
     head_bias: torch.Tensor | None,
     teacher_logits: torch.Tensor,
     weights: torch.Tensor | None = None,
-    softcap: float | None = None,
+    softcap: float | LogitTransform | None = None,
 ) -> torch.Tensor:
     """Standard KD over the full vocabulary: full LM-head logits `(P, V)` for the drafter, and their gradients.
 

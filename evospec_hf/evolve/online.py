@@ -293,7 +293,7 @@ class OnlineAligner:
     Args:
         body: the drafter's decoder body (`model.base_model` beneath any peft wrapper): tokens -> hidden states.
         head_weight, head_bias: the drafter's frozen LM head.
-        softcap: the drafter's final-logit softcapping, or None.
+        softcap: what the drafter applies after its head (`ops.softcap.LogitTransform`), or None.
         params: the LoRA parameters to train (a name -> tensor dict).
         config: `OnlineAlignmentConfig`.
         state: the session's `AlignerState` (optimizer, replay buffer, curriculum), kept across calls.
@@ -481,7 +481,7 @@ class OnlineAligner:
         rows = torch.arange(max(first - 1, end - positions, 0), min(end, hidden.shape[0]))
         if rows.numel() == 0:
             return 0, 0
-        logits = F.linear(hidden[rows], self.head_weight, self.head_bias)  # softcapping keeps the order
+        logits = F.linear(hidden[rows], self.head_weight, self.head_bias)  # a positive scale or a softcap keeps the order
         hits = int((logits.argmax(-1) == sequence[rows + 1].to(logits.device)).sum())
         return hits, int(rows.numel())
 

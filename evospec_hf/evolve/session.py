@@ -37,7 +37,7 @@ import time
 
 from ..locks import DrafterLock, drafter_lock  # noqa: F401 - `DrafterLock` importable from here as before
 from ..models.drafter import feature_layers_of
-from ..utils import unwrap_peft
+from ..utils import decoder_body, unwrap_peft
 from ..vocab.indexes import NGramIndex
 from .adapter_store import AdapterStore, lora_parameters, read_adapter, trained_subset, with_lora
 from .export import conversation_table
@@ -157,7 +157,7 @@ class EvoSpecSession:
         feature_drafter = model if feature_layers_of(model) is not None else None
         anchor = {name: self._store.initial[name] for name in trained}
         self._aligner = OnlineAligner(
-            model.base_model, head_weight, head_bias, softcap, trained, self.config, self._state, self.stats,
+            decoder_body(model), head_weight, head_bias, softcap, trained, self.config, self._state, self.stats,
             feature_drafter=feature_drafter, anchor=anchor,
         )  # fmt: skip
         return self._aligner

@@ -27,7 +27,7 @@ from transformers.generation.logits_process import MinLengthLogitsProcessor
 
 from ..config import EvoSpecConfig
 from ..models.drafter import feature_layers_of
-from ..ops import logit_softcap, resolve_head_backend
+from ..ops import logit_transform, resolve_head_backend
 from ..vocab import DraftVocabulary
 from .feature_drafter import FeatureDrafter
 from .logits_process import LossyJSAcceptance
@@ -106,7 +106,7 @@ class EvoSpecCandidateGenerator(CandidateGenerator):
         learner = None
         if session is not None:
             learner = session.attach(
-                assistant_model, head.weight.detach(), _bias(head), logit_softcap(assistant_model),
+                assistant_model, head.weight.detach(), _bias(head), logit_transform(assistant_model),
                 prompt_length=input_ids.shape[1],
             )
         try:

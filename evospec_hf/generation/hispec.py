@@ -29,7 +29,8 @@ from torch import nn
 from transformers import DynamicCache
 
 from ..models.drafter import drafter_from_target
-from ..ops.softcap import logit_softcap, softcap
+from ..ops.softcap import logit_transform, softcap
+from ..utils import decoder_body
 from .rounds import Draft
 
 
@@ -57,7 +58,7 @@ class VerifierParts:
     and the packed shortlist rows (read-only, so calls on several threads share them)."""
 
     def __init__(self, target, exit_head, shortlist: torch.Tensor):
-        self.body = shallow_target(target, exit_head.layer).base_model
+        self.body = decoder_body(shallow_target(target, exit_head.layer))
         self.exit_head = exit_head
         head = target.get_output_embeddings()
         self.weight = head.weight.detach()
@@ -65,7 +66,7 @@ class VerifierParts:
         self.rows = self.weight[self.ids].contiguous()  # packed once: no gathers over the vocabulary per round
         self.bias = None if getattr(head, "bias", None) is None else head.bias.detach()
         self.row_bias = None if self.bias is None else self.bias[self.ids].contiguous()
-        self.softcap = logit_softcap(target)
+        self.softcap = logit_transform(target)
 
 
 _PARTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # target -> {(folder, ids key): VerifierParts}

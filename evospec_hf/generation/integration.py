@@ -44,6 +44,7 @@ from .batched import SCORES_ONLY, BatchCosts, batched_assisted_decoding
 from .candidate_generator import EvoSpecCandidateGenerator
 from .session_protocol import SessionProtocol
 from .stats import DraftStats
+from .support import check_supported
 
 # a reload of this module must not wrap the wrapper
 _original_generate = getattr(GenerationMixin.generate, "__evospec_original__", GenerationMixin.generate)
@@ -98,6 +99,7 @@ def evospec_drafting(
         # transformers' own `_get_candidate_generator` signature; keywords a later transformers adds are checked
         check_newer_arguments(newer_arguments)
         check_request(generation_config, assistant_model, assistant_tokenizer)
+        check_supported(model, assistant_model)
         call_config = honour_transformers_drafting(
             evospec_config, prepared_drafting_fields(generation_config), assistant_model
         )
@@ -341,6 +343,7 @@ def batched_generate(
     """
     check_arguments(evospec_config, stats, session)
     check_request(generation_config, drafter)
+    check_supported(model, drafter)
     evospec_config = honour_transformers_drafting(evospec_config, prepared_drafting_fields(generation_config), drafter)
     if session is not None:
         raise ValueError(
@@ -350,8 +353,6 @@ def batched_generate(
         )
     if evospec_config.lossy_acceptance is not None:
         raise ValueError("`lossy_acceptance` is not supported for a batch; call generate once per prompt.")
-    if model.config.is_encoder_decoder:
-        raise ValueError("evospec_hf needs a decoder-only target (a causal LM).")
     target_head = model.get_output_embeddings()
     target_vocab_size = (
         target_head.weight.shape[0] if target_head is not None else model.config.get_text_config().vocab_size
@@ -477,6 +478,7 @@ def generate(
         return _original_generate(self, *args, **kwargs)
     if kwargs.get("assistant_model") is None:
         raise ValueError("`evospec_config` needs a drafter: pass `assistant_model=<drafter model>`.")
+    check_supported(self, kwargs["assistant_model"])  # before transformers prepares anything
     evospec_config = _honour_given(self, evospec_config, kwargs, kwargs["assistant_model"])
     if _batch_size(args, kwargs) > 1:  # transformers' assisted loop takes one row: the batch takes evospec_hf's own
         if kwargs.get("streamer") is not None:
@@ -596,14 +598,13 @@ def custom_generate(
     """
     if drafter is None:
         raise ValueError("`custom_generate=evospec_hf.custom_generate` needs the drafter as `drafter=`.")
+    check_supported(model, drafter)
     evospec_config = evospec_config if evospec_config is not None else EvoSpecConfig()
     if input_ids.shape[0] > 1:
         return batched_generate(
             model, input_ids, logits_processor, stopping_criteria, generation_config, drafter, evospec_config,
             evospec_stats, evospec_session, **model_kwargs,
         )  # fmt: skip
-    if model._is_stateful:
-        raise ValueError(f"speculative decoding cannot roll back a stateful model such as {type(model).__name__}.")
     with evospec_drafting(model, evospec_config, evospec_stats, evospec_session, prepared_criteria=stopping_criteria):
         return GenerationMixin._assisted_decoding(
             model,

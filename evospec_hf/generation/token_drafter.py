@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, LogitsProcessorList
 
-from ..ops.softcap import logit_softcap, softcap
-from ..utils import unwrap_peft
+from ..ops.softcap import logit_transform, softcap
+from ..utils import decoder_body, unwrap_peft
 from ..vocab import DraftVocabulary
 from ..vocab.shortlist import expand_to_vocab
 from .rounds import Draft, DraftStep
@@ -57,8 +57,7 @@ class DraftLoop:
         needs_logits: bool = True,
     ):
         self.drafter = drafter
-        # a peft-wrapped drafter's `base_model` is the LoRA wrapper: the decoder body is on the model beneath
-        self.body = unwrap_peft(drafter).base_model
+        self.body = decoder_body(drafter)
         self.vocabulary = vocabulary
         self.logits_processor = logits_processor
         self.do_sample = do_sample
@@ -190,8 +189,9 @@ _CHECKED_HEADS: "weakref.WeakSet[torch.nn.Module]" = weakref.WeakSet()
 def check_drafter_head(drafter) -> None:
     """Checks once per drafter that its LM head recomputed as evospec_hf does reproduces `drafter(x).logits`.
 
-    evospec_hf recomputes the LM head itself (`DraftVocabulary`); an architecture that post-processes logits in a way
-    it does not know (e.g. a logit scale) would otherwise draft from the wrong distribution without any error.
+    evospec_hf recomputes the LM head itself (`DraftVocabulary`); a drafter whose forward post-processes logits in a
+    way it does not know would otherwise draft from the wrong distribution without any error. What can be seen
+    without a forward pass (`support.py`) was refused before this runs; this catches the rest.
     """
     model = unwrap_peft(drafter)
     if model in _CHECKED_HEADS:
@@ -200,13 +200,16 @@ def check_drafter_head(drafter) -> None:
     bias = None if getattr(head, "bias", None) is None else head.bias
     probe = torch.arange(1, 4, device=head.weight.device).clamp(max=head.weight.shape[0] - 1)[None, :]
     expected = drafter(input_ids=probe, use_cache=False).logits[0, -1].float()
-    hidden = model.base_model(input_ids=probe, use_cache=False).last_hidden_state[0, -1:]
-    logits = softcap(F.linear(hidden, head.weight, bias).float(), logit_softcap(drafter))[0]
+    hidden = decoder_body(model)(input_ids=probe, use_cache=False).last_hidden_state[0, -1:]
+    logits = softcap(F.linear(hidden, head.weight, bias).float(), logit_transform(drafter))[0]
+    name = f"{model.config.model_type} ({type(model).__name__})"
+    if not bool(torch.isfinite(expected).all()):
+        raise ValueError(f"the drafter {name} gives non-finite logits (NaN or inf) on a short prompt; check its weights.")
     relative = 1e-3 if hidden.dtype == torch.float32 else 5e-2  # half precision rounds differently
     tolerance = relative * (1.0 + expected.abs().max().item())
     if not torch.allclose(logits, expected, rtol=0, atol=tolerance):
         raise ValueError(
-            f"{type(drafter).__name__}'s logits are not `lm_head(base_model(x))` (max difference "
+            f"the drafter {name}'s logits are not its LM head over its decoder's output (max difference "
             f"{(logits - expected).abs().max().item():.3g}); evospec_hf cannot shortlist this architecture's head."
         )
     _CHECKED_HEADS.add(model)

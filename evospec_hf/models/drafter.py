@@ -30,6 +30,9 @@ TARGET_ARCHITECTURE_ATTR = "evospec_target_architecture"
 # the config attribute that makes a drafter a feature drafter: which of the target's hidden states it reads
 # (indices into `output_hidden_states`: -1 is the last, after the final norm)
 FEATURE_LAYERS_ATTR = "evospec_feature_layers"
+# config lists with one entry per decoder layer, and lists of decoder-layer indices (Llama 4's MoE layers)
+PER_LAYER_LISTS = ("layer_types", "no_rope_layers", "mlp_layer_types")
+LAYER_INDEX_LISTS = ("moe_layers",)
 
 
 def target_architecture(model) -> dict:
@@ -60,8 +63,13 @@ def drafter_from_target(target, num_layers: int, last: bool = False):
         raise ValueError(f"num_layers must be in [1, {total - 1}] for a {total}-layer target, got {num_layers}")
     first = total - num_layers if last else 0  # the target's index of the drafter's layer 0
     text_config.num_hidden_layers = num_layers
-    if getattr(text_config, "layer_types", None) is not None:
-        text_config.layer_types = text_config.layer_types[first : first + num_layers]
+    for name in PER_LAYER_LISTS:  # the drafter's layers keep the settings they had in the target
+        if getattr(text_config, name, None) is not None:
+            setattr(text_config, name, getattr(text_config, name)[first : first + num_layers])
+    for name in LAYER_INDEX_LISTS:
+        if getattr(text_config, name, None) is not None:
+            kept = [i - first for i in getattr(text_config, name) if first <= i < first + num_layers]
+            setattr(text_config, name, kept)
     vocab_size = text_config.vocab_size
     # built with a tiny vocabulary (room for the padding index only), then given the target's embedding modules
     text_config.vocab_size = (getattr(text_config, "pad_token_id", None) or 0) + 1

@@ -39,8 +39,8 @@ position median 2, p90 8, p99 15, max 37; with one activation row, median 42, p9
   2·γ·‖w‖·‖h‖ (γ = 1.01·d·2⁻²⁴, the standard bound on a d-term fp32 dot product), so a row excluded here is below
   the floor whatever order the full head would sum in; the argmax is the full head's up to the same rounding
   that verifying several positions in one forward already has (docs/concepts/exactness.md).
-- A monotone transform after the head (Gemma 2's softcap) keeps the argmax, except where it maps the best
-  excluded bound and the best survivor to the same float; then the full head runs.
+- A monotone transform after the head (Gemma 2's softcap, Cohere's positive logit scale) keeps the argmax, except
+  where it maps the best excluded bound and the best survivor to the same float; then the full head runs.
 - Non-finite hidden states, or more survivors than `max_survivors`, run the full head (counted as fallbacks).
 
 The torch functions here are the CPU path and the reference for the GPU kernel beside them
@@ -55,7 +55,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from .softcap import softcap as apply_softcap
+from .softcap import LogitTransform, softcap as apply_softcap
 
 ACTIVATION_MAX = 63  # |q| of the activation rows: a 7-bit range, exact on CPUs without VNNI (see above)
 BLOCK = 512  # fbgemm pads a packed int8 row to a multiple of this many values (AVX2 blocking)
@@ -273,7 +273,7 @@ def screened_logits(
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
     max_survivors: int = 16384,
-    softcap: float | None = None,
+    softcap: float | LogitTransform | None = None,
     residual: bool = True,
     top_k: int = 1,
 ) -> tuple[torch.Tensor | None, ScreenResult]:
@@ -284,7 +284,8 @@ def screened_logits(
         head (`Int8Head`): `weight`'s int8 copy.
         weight (`torch.FloatTensor` of shape `(V, d)`), bias (`(V,)` or None): the head itself, for the rescoring.
         max_survivors: above this many rows to rescore (the union over positions), the full head runs instead.
-        softcap: the transform the model applies after the head (`tanh(x / cap) * cap`), if any.
+        softcap: the monotone transform the model applies after the head: a softcap `cap` (`tanh(x / cap) * cap`)
+            or its `LogitTransform` (a positive logit scale too), if any.
         residual: quantize each position in two int8 rows (few survivors) or one (half the integer work, more
             survivors): which is faster depends on the machine and the position count.
         top_k: keep every row that can be among each position's `top_k` best (1: the argmax). The floor is then

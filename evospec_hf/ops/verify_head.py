@@ -45,7 +45,7 @@ import torch.nn.functional as F
 
 from .calibration import machine_costs, save_machine_costs
 from .screened_head import Int8Head, screened_logits
-from .softcap import logit_softcap
+from .softcap import LogitTransform, logit_transform
 
 
 def columns_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -119,7 +119,7 @@ class HeadScreen:
         enabled: set by the caller once it knows the call may be screened (greedy, or sampling behind a top-k
             filter, and nothing else reads the logits); False runs the full head.
         top_k: how many best rows per position must be exact: 1 for greedy, the call's `top_k` when it samples.
-        softcap: the final-logit softcap the model applies after the head, or None.
+        softcap: what the model applies after the head (`softcap.LogitTransform`: a softcap, a logit scale), or None.
         max_survivors: above this many rows to rescore, the full head runs (a fallback).
         calls: head calls computed through the screen; positions: their positions.
         survivors: rows that survived the screen, per position, in order (the argmax candidates rescored exactly).
@@ -135,7 +135,7 @@ class HeadScreen:
     mode: str = "auto"
     enabled: bool = False
     top_k: int = 1
-    softcap: float | None = None
+    softcap: LogitTransform | None = None
     max_survivors: int = 16384
     calls: int = 0
     positions: int = 0
@@ -366,7 +366,7 @@ def columns_verify_head(model, screen: HeadScreen | None = None):
         yield None
         return
     if screen is not None:
-        screen.softcap = logit_softcap(model)
+        screen.softcap = logit_transform(model)
     blocks = _thread_list("blocks")
     block = _Block(model, shadow, screen)
     blocks.append(block)

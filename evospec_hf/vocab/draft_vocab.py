@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..ops.softcap import logit_softcap, softcap
+from ..ops.softcap import LogitTransform, logit_transform, softcap
 from .frequency import resolve_static_table
 from .indexes import ContextRetrieval, NGramIndex, context_retrieval
 from .router import RoutedHead, load_routed_head
@@ -37,7 +37,8 @@ class DraftVocabulary:
         router_budget: tokens per step the router's clusters may add.
         retrieval: semantic and n-gram retrieval into the context slots, or None.
         observes_context: whether the sequence's tokens enter the context slots.
-        logit_cap: the drafter's final-logit softcap, or None.
+        logit_cap: what the drafter's architecture applies to its head's output (`ops.softcap.LogitTransform`:
+            a softcap, a logit scale), or None.
     """
 
     def __init__(
@@ -48,7 +49,7 @@ class DraftVocabulary:
         router_budget: int = 0,
         retrieval: ContextRetrieval | None = None,
         observes_context: bool = False,
-        logit_cap: float | None = None,
+        logit_cap: LogitTransform | float | None = None,
     ):
         self.head = head
         self.weight = head.weight.detach()
@@ -103,7 +104,7 @@ class DraftVocabulary:
             router_budget=budget,
             retrieval=context_retrieval(config, drafter, head, ngram),
             observes_context="context" in sources,
-            logit_cap=logit_softcap(drafter),
+            logit_cap=logit_transform(drafter),
         )
 
     def observe(self, sequence: torch.Tensor) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..models.drafter import feature_layers_of, shifted_feature_inputs
-from ..utils import unwrap_peft
+from ..utils import decoder_body, unwrap_peft
 from .draft_vocab import DraftVocabulary
 from .indexes import NGramIndex
 
@@ -27,13 +27,13 @@ def drafter_hidden_states(drafter, ids: torch.Tensor, target=None) -> torch.Tens
     model = unwrap_peft(drafter)
     layers = feature_layers_of(model)
     if layers is None:
-        return model.base_model(input_ids=ids[None]).last_hidden_state[0]
+        return decoder_body(model)(input_ids=ids[None]).last_hidden_state[0]
     if target is None:
         raise ValueError("a feature drafter's hidden states need the target's: pass `target=`")
     states = target(ids[None], output_hidden_states=list(layers)).hidden_states
     features = torch.cat([states[i] for i in layers], dim=-1)
     pairs = shifted_feature_inputs(model, ids[None], features=features)
-    hidden = model.base_model(inputs_embeds=pairs).last_hidden_state[0]
+    hidden = decoder_body(model)(inputs_embeds=pairs).last_hidden_state[0]
     return torch.cat([hidden.new_zeros(1, hidden.shape[-1]), hidden])
 
 

@@ -9,7 +9,7 @@ from transformers import TextStreamer
 import evospec_hf
 from evospec_hf import DraftStats, EvoSpecConfig
 
-from ..conftest import ARCHITECTURES, VOCAB_SIZE, centroid_router, noisy_copy
+from ..conftest import ARCHITECTURES, VOCAB_SIZE, centroid_router, noisy_copy, tiny_cohere, tiny_llama4_text
 
 MODES = ["full", "static", "context", "static+context", "router", "router+context", "evospec"]
 
@@ -71,6 +71,37 @@ def test_greedy_equals_plain_greedy(pair, mode, drafter_kind, lookup_tokens, sta
             assert stats.mean_accepted_length > 2.0, stats
     if lookup_tokens == 0:
         assert stats.lookup_rounds == 0
+
+
+@pytest.mark.parametrize("build", [tiny_cohere, tiny_llama4_text], ids=["cohere", "llama4_text"])
+@pytest.mark.parametrize("drafter_kind", ["noisy-copy", "first-layer", "feature"])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_cohere_and_llama4_equal_plain_greedy(build, drafter_kind, batch):
+    """Cohere scales its head's output (`logit_scale`); Llama 4 returns MoE outputs and keeps its body where its
+    `base_model_prefix` does not say. Drafters of three kinds draft through them, one prompt or a batch of two."""
+    from evospec_hf.models import drafter_from_target, feature_drafter_from_target
+
+    target = build(seed=0)
+    drafter = {
+        "noisy-copy": lambda: noisy_copy(target, seed=1),
+        "first-layer": lambda: drafter_from_target(target, 1),
+        "feature": lambda: feature_drafter_from_target(target, 1),
+    }[drafter_kind]()
+    config = EvoSpecConfig(
+        shortlist="context", shortlist_size=40, num_draft_tokens=4, draft_schedule="heuristic", screen_head="on",
+        lookup_tokens=0,
+    )  # fmt: skip
+    stats = DraftStats()
+    for seed in range(2):
+        input_ids = torch.randint(3, VOCAB_SIZE, (batch, 12), generator=torch.Generator().manual_seed(60 + seed))
+        inputs = dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
+        expected = target.generate(**inputs, max_new_tokens=24, do_sample=False)
+        got = target.generate(
+            **inputs, max_new_tokens=24, do_sample=False, assistant_model=drafter, evospec_config=config,
+            evospec_stats=stats,
+        )  # fmt: skip
+        assert torch.equal(got, expected), f"{drafter_kind} prompt {seed}"
+    assert stats.drafter_accepted > 0, stats  # the drafter drafted through the architecture's head
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from evospec_hf.ops.softcap import logit_softcap, softcap
+from evospec_hf.ops.softcap import LogitTransform, logit_transform, softcap
 
 from ..conftest import tiny_gemma3, tiny_gpt2, tiny_llama
 
@@ -29,7 +29,7 @@ def test_no_cap_returns_the_logits_themselves():
     assert softcap(logits, None) is logits  # not even copied
 
 
-def test_logit_softcap_reads_the_architectures_final_logit_softcapping():
-    assert logit_softcap(tiny_gemma3(seed=0)) == 30.0  # the tiny Gemma 3's config sets 30
-    assert logit_softcap(tiny_llama(seed=0)) is None
-    assert logit_softcap(tiny_gpt2(seed=0)) is None
+def test_logit_transform_reads_the_architectures_final_logit_softcapping():
+    assert logit_transform(tiny_gemma3(seed=0)) == LogitTransform(cap=30.0)  # the tiny Gemma 3's config sets 30
+    assert logit_transform(tiny_llama(seed=0)) is None
+    assert logit_transform(tiny_gpt2(seed=0)) is None

@@ -1,0 +1,96 @@
+"""Which architectures evospec_hf can run exactly, decided before any work: `check_supported(target, drafter)`.
+
+Speculative decoding reads several drafted positions in one forward, then throws away the rejected ones. That needs
+a causal decoder whose past is a KV cache transformers can crop (`DynamicCache`), and a drafter whose logits
+evospec_hf can recompute from its decoder's last hidden state (it computes the drafter's LM head itself, over a
+shortlist). Everything here is read from the models' classes, configs and modules, without a forward pass, so a
+refusal comes before any work and names the architecture (`model_type`) and the reason.
+
+`token_drafter.check_drafter_head` then checks the drafter's head once numerically (one short forward), for what
+no inspection sees (a custom `forward` that rescales the logits).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+from ..ops.softcap import logit_transform
+from ..utils import decoder_body, unwrap_peft
+
+# architectures whose own decoding protocol speculative decoding cannot follow, with the reason
+UNSUPPORTED = {
+    "cpmant": "it prepends prompt tokens and re-reads its whole sequence at every step, slicing its cache by "
+    "position, so a cache cropped to the accepted tokens no longer lines up",
+}
+
+
+def check_supported(target, drafter) -> None:
+    """Raises a ValueError naming the architecture and the reason if `target` or `drafter` is one evospec_hf cannot
+    run exactly. Reads classes, configs and modules only: no forward pass."""
+    for role, model in (("target", target), ("drafter", drafter)):
+        reason = unsupported_reason(model, check_head=role == "drafter")
+        if reason is not None:
+            model = unwrap_peft(model)
+            raise ValueError(
+                f"evospec_hf cannot use {model.config.model_type} ({type(model).__name__}) as the {role}: {reason}."
+            )
+
+
+def unsupported_reason(model, check_head: bool = True) -> str | None:
+    """Why evospec_hf cannot run `model` (None if it can). `check_head`: also whether evospec_hf can recompute its
+    logits from its decoder's output (needed of the drafter only: the target verifies through its own forward)."""
+    model = unwrap_peft(model)
+    config = model.config
+    if config.is_encoder_decoder:
+        return "it is an encoder-decoder model; evospec_hf needs a decoder-only causal LM"
+    if config.model_type in UNSUPPORTED:
+        return UNSUPPORTED[config.model_type]
+    if getattr(config, "is_decoder", True) is False:
+        return (
+            "its config has is_decoder=False, so it attends in both directions and keeps no cache; "
+            "load it with is_decoder=True to use it as a causal LM"
+        )
+    if model._is_stateful:
+        return (
+            "part of its past is a running state (state-space, linear-attention or compressed layers; transformers "
+            "marks it stateful) that cannot be rolled back to the accepted tokens; speculative decoding needs a "
+            "decoder whose past is a KV cache (past_key_values)"
+        )
+    if "past_key_values" not in inspect.signature(type(model).forward).parameters:
+        return (
+            "its forward takes no past_key_values (no KV cache), so every draft would re-read the whole sequence; "
+            "speculative decoding needs a cache-based decoder"
+        )
+    if not model._supports_default_dynamic_cache():
+        return (
+            "it keeps its own kind of cache, not transformers' DynamicCache, which speculative decoding crops after "
+            "rejected drafts; it needs a cache-based decoder with a standard KV cache"
+        )
+    transform = logit_transform(model)
+    for name in ("multiplier", "divisor"):
+        value = getattr(transform, name, None)
+        if value is not None and not value > 0:
+            return f"its logit scale ({name} {value}) is not positive, so the best logit is not the head's"
+    return _head_reason(model) if check_head else None
+
+
+def _head_reason(model) -> str | None:
+    """Why evospec_hf cannot recompute `model`'s logits as its LM head over its decoder's last hidden state."""
+    head = model.get_output_embeddings()
+    if head is None or not isinstance(getattr(head, "weight", None), torch.Tensor) or head.weight.dim() != 2:
+        return "it has no linear LM head (`get_output_embeddings()`) whose rows evospec_hf can shortlist"
+    # the decoder and the head (or a wrapper holding only the head's weights, as BertGeneration's) hold every weight
+    # (a feature drafter's input projections, `evospec_*`, feed the decoder)
+    body, own = decoder_body(model), {id(p) for p in head.parameters()}
+    extra = [
+        name for name, module in model.named_children()
+        if module is not body and not name.startswith("evospec_") and any(id(p) not in own for p in module.parameters())
+    ]  # fmt: skip
+    if extra:
+        return (
+            f"its logits also depend on weights outside its decoder and LM head ({', '.join(extra)}: e.g. a dense "
+            "layer and a norm before the head); evospec_hf computes the drafter's head on the decoder's output itself"
+        )
+    return None

@@ -1,0 +1,82 @@
+"""Architectures evospec_hf cannot run exactly are refused before any forward pass, by name and with the reason."""
+
+import pytest
+import torch
+
+import evospec_hf
+from evospec_hf import EvoSpecConfig
+
+from ..conftest import tiny_cohere, tiny_from_config, tiny_llama
+
+PROMPT = torch.tensor([[4, 5, 6, 7]])
+
+
+def tiny(config_name: str, model_name: str, **fields):
+    import transformers
+
+    return tiny_from_config(getattr(transformers, config_name), getattr(transformers, model_name), 0, **fields)
+
+
+BERT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+
+# (model_type, builder, what the message must say): one architecture per reason
+REFUSED = [
+    ("t5", lambda: tiny("T5Config", "T5ForConditionalGeneration", d_model=32, d_ff=64, num_layers=2, num_heads=4,
+                        d_kv=8, decoder_start_token_id=0), "encoder-decoder"),
+    ("cpmant", lambda: tiny("CpmAntConfig", "CpmAntForCausalLM", hidden_size=32, dim_ff=64, num_hidden_layers=2,
+                            num_attention_heads=4, dim_head=8, prompt_length=4), "re-reads its whole sequence"),
+    ("bert", lambda: tiny("BertConfig", "BertLMHeadModel", **BERT), "is_decoder=False"),
+    ("mamba", lambda: tiny("MambaConfig", "MambaForCausalLM", hidden_size=32, state_size=8, num_hidden_layers=2),
+     "running state"),
+    ("openai-gpt", lambda: tiny("OpenAIGPTConfig", "OpenAIGPTLMHeadModel", n_embd=32, n_layer=2, n_head=4),
+     "takes no past_key_values"),
+    ("minimax", lambda: tiny("MiniMaxConfig", "MiniMaxForCausalLM", hidden_size=32, intermediate_size=64,
+                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                             num_local_experts=2, layer_types=["full_attention"] * 2), "its own kind of cache"),
+    ("electra", lambda: tiny("ElectraConfig", "ElectraForCausalLM", embedding_size=16, is_decoder=True, **BERT),
+     "weights outside its decoder and LM head (generator_predictions"),
+    ("cohere", lambda: tiny_cohere(0, logit_scale=-0.5), "logit scale (multiplier -0.5) is not positive"),
+]  # fmt: skip
+
+
+class ForwardCount:
+    def __init__(self, *models):
+        self.calls = 0
+        self.handles = [model.register_forward_pre_hook(self.seen) for model in models]
+
+    def seen(self, module, args):
+        self.calls += 1
+
+
+@pytest.mark.parametrize("model_type, build, reason", REFUSED, ids=[f"{t}-{r.split()[0]}" for t, _, r in REFUSED])
+def test_refused_by_name_before_any_forward(model_type, build, reason):
+    model = build().eval()
+    assert model.config.model_type == model_type
+    count = ForwardCount(model)
+    inputs = dict(input_ids=PROMPT, attention_mask=torch.ones_like(PROMPT), max_new_tokens=3)
+    for path in (dict(assistant_model=model), dict(custom_generate=evospec_hf.custom_generate, drafter=model)):
+        with pytest.raises(ValueError, match=rf"evospec_hf cannot use {model_type} \(") as refusal:
+            model.generate(**inputs, evospec_config=EvoSpecConfig(), **path)
+        assert reason in str(refusal.value)
+    with pytest.raises(ValueError, match=rf"evospec_hf cannot use {model_type} \("):  # a batch takes its own loop
+        batch = PROMPT.repeat(2, 1)
+        model.generate(batch, attention_mask=torch.ones_like(batch), max_new_tokens=3, assistant_model=model,
+                       evospec_config=EvoSpecConfig())  # fmt: skip
+    assert count.calls == 0
+
+
+def test_a_refused_drafter_is_named_as_the_drafter():
+    target, drafter = tiny_llama(seed=0), tiny("BertConfig", "BertLMHeadModel", is_decoder=True, **BERT).eval()
+    count = ForwardCount(target, drafter)
+    with pytest.raises(ValueError, match=r"cannot use bert \(BertLMHeadModel\) as the drafter: its logits also"):
+        target.generate(PROMPT, max_new_tokens=3, assistant_model=drafter, evospec_config=EvoSpecConfig())
+    assert count.calls == 0
+
+
+def test_a_drafter_with_non_finite_logits_is_named():
+    """A drafter whose weights hold a NaN: a clear error, not a failed tolerance computation."""
+    target, drafter = tiny_llama(seed=0), tiny_llama(seed=1)
+    with torch.no_grad():
+        drafter.model.norm.weight[0] = float("nan")
+    with pytest.raises(ValueError, match=r"the drafter llama \(LlamaForCausalLM\) gives non-finite logits"):
+        target.generate(PROMPT, max_new_tokens=3, assistant_model=drafter, evospec_config=EvoSpecConfig())
