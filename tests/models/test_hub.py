@@ -15,7 +15,8 @@ import torch
 import yaml
 
 from evospec_hf import DraftStats, EvoSpecDrafter, FrequencyTable
-from evospec_hf.models import KNOWN_TARGETS, drafter_from_target
+from evospec_hf.models import drafter_from_target
+from evospec_hf.models.targets import KNOWN_TARGETS
 from evospec_hf.models.checkpoint import hub_files, write_hub_files
 
 from ..conftest import VOCAB_SIZE, run_together, tiny_llama
