@@ -47,7 +47,7 @@ def unsupported_reason(model, check_head: bool = True) -> str | None:
         return "it is an encoder-decoder model; evospec_hf needs a decoder-only causal LM"
     if config.model_type in UNSUPPORTED:
         return UNSUPPORTED[config.model_type]
-    if getattr(config, "is_decoder", True) is False:
+    if getattr(config, "is_decoder", True) is False and _reads_is_decoder(decoder_body(model)):
         return (
             "its config has is_decoder=False, so it attends in both directions and keeps no cache; "
             "load it with is_decoder=True to use it as a causal LM"
@@ -74,6 +74,15 @@ def unsupported_reason(model, check_head: bool = True) -> str | None:
         if value is not None and not value > 0:
             return f"its logit scale ({name} {value}) is not positive, so the best logit is not the head's"
     return _head_reason(model) if check_head else None
+
+
+def _reads_is_decoder(body) -> bool:
+    """Whether the decoder's forward reads `config.is_decoder` (BERT's family: causal attention and a cache only
+    with is_decoder=True). GPT-NeoX's config has the field too, but its decoder is causal whatever it says."""
+    try:
+        return "is_decoder" in inspect.getsource(type(body).forward)
+    except (OSError, TypeError):  # no source to read: assume it does not
+        return False
 
 
 def _head_reason(model) -> str | None:

@@ -80,3 +80,14 @@ def test_a_drafter_with_non_finite_logits_is_named():
         drafter.model.norm.weight[0] = float("nan")
     with pytest.raises(ValueError, match=r"the drafter llama \(LlamaForCausalLM\) gives non-finite logits"):
         target.generate(PROMPT, max_new_tokens=3, assistant_model=drafter, evospec_config=EvoSpecConfig())
+
+
+def test_is_decoder_false_is_refused_only_where_the_decoder_reads_it():
+    """GPT-NeoX's config has `is_decoder=False` by default, but its decoder is causal whatever the flag says."""
+    from evospec_hf.generation.support import unsupported_reason
+
+    from ..conftest import more_architectures
+
+    gpt_neox = more_architectures()["gpt-neox"](0)
+    assert gpt_neox.config.is_decoder is False and unsupported_reason(gpt_neox) is None
+    assert "is_decoder=False" in unsupported_reason(tiny("BertConfig", "BertLMHeadModel", **BERT))
