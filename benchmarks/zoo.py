@@ -92,13 +92,15 @@ OVERRIDES: dict[str, dict] = {
     "qwen3_5_moe_text": HYBRID,
     "qwen3_next": HYBRID,
     "qwen4_exp_text": dict(**HYBRID, **QSA),
-    "musicgen": dict(num_codebooks=1),
-    "musicgen_melody": dict(num_codebooks=1),
+    "musicgen": dict(num_codebooks=1, decoder_start_token_id=1),
+    "musicgen_melody": dict(num_codebooks=1, decoder_start_token_id=1),
     "dbrx": dict(attn_config=dict(rope_theta=10000.0, clip_qkv=8.0)),
     "recurrent_gemma": dict(block_types=["recurrent", "attention"]),
     "reformer": dict(axial_pos_embds_dim=[32, 32], axial_pos_shape=[16, 32], max_position_embeddings=512),
     "xlnet": dict(d_head=16),
     "xlstm": dict(num_heads=4, qk_dim_factor=1.0),
+    "xmod": dict(default_language="en_XX"),
+    "zamba": dict(num_hidden_layers=3, layers_block_type=["mamba", "hybrid", "hybrid"]),  # its shared block: twice
     "zamba2": dict(layers_block_type=["mamba", "hybrid"]),
     "zaya": dict(num_experts_per_tok=1),
 }
@@ -192,11 +194,13 @@ def run_one(model_type: str) -> dict:
     except Exception as err:  # noqa: BLE001 - any failure to build is recorded, not raised
         return {**row, "class": "skipped", "detail": f"does not build: {first_line(err)}"}
     row["parameters"] = sum(p.numel() for p in target.parameters())
-    vocab = target.get_output_embeddings().weight.shape[0] if target.get_output_embeddings() is not None else 64
+    head_weight = getattr(target.get_output_embeddings(), "weight", None)  # some heads are a list (MusicGen's)
+    vocab = head_weight.shape[0] if isinstance(head_weight, torch.Tensor) else 64
     high = max(4, min(vocab, VOCAB_SIZE))
     prompt = torch.randint(3, high, (1, PROMPT_LENGTH), generator=torch.Generator().manual_seed(0))
     inputs = dict(input_ids=prompt, attention_mask=torch.ones_like(prompt))
-    greedy = dict(max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=0)
+    # (num_return_sequences: MusicGen's own generate needs it given)
+    greedy = dict(max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=0, num_return_sequences=1)
     try:
         with torch.no_grad():
             expected = target.generate(**inputs, **greedy)

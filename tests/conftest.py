@@ -137,6 +137,19 @@ def tiny_cohere(seed: int, layers: int = 2, logit_scale: float = 0.3):
     )  # fmt: skip
 
 
+def tiny_inkling(seed: int, layers: int = 2, **fields):
+    """Inkling: its forward divides the decoder's output by `logits_mup_width_multiplier` before the head (3, so the
+    quotient rounds); sliding-window and convolution layers, MoE MLPs."""
+    from transformers import InklingForCausalLM, InklingTextConfig
+
+    return tiny_from_config(
+        InklingTextConfig, InklingForCausalLM, seed, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, swa_num_attention_heads=4, swa_num_key_value_heads=2,
+        swa_head_dim=8, sliding_window_size=8, d_rel=8, rel_extent=64, moe_intermediate_size=16, n_routed_experts=4,
+        num_experts_per_tok=2, logits_mup_width_multiplier=3.0, **fields,
+    )  # fmt: skip
+
+
 def tiny_llama4_text(seed: int, layers: int = 2):
     """Llama 4's text model: MoE outputs, its body in `.model` under the prefix "language_model", and chunked
     attention with 8-token chunks (generations cross them), the first layer MoE and without RoPE, the second dense."""

@@ -36,6 +36,7 @@ from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengt
 from transformers.generation.utils import GenerateDecoderOnlyOutput, _speculative_sampling
 
 from ..config import BATCH_ALIGNMENTS
+from ..utils import unwrap_peft
 from .stats import DraftStats
 
 
@@ -101,15 +102,18 @@ def trim_left(cache: DynamicCache, columns: int) -> None:
         layer.keys, layer.values = layer.keys[:, :, start:], layer.values[:, :, start:]
 
 
-def check_cache(cache) -> None:
+def check_cache(cache, model) -> None:
+    """A batch's rows are cropped and trimmed layer by layer: only attention layers' keys and values can be."""
     if not isinstance(cache, DynamicCache) or not all(
         type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in cache.layers
     ):
         layers = sorted({type(layer).__name__ for layer in getattr(cache, "layers", [])})
+        model = unwrap_peft(model)
         raise ValueError(
-            f"batched evospec_hf needs a dynamic KV cache of attention layers (DynamicCache), got "
-            f"{type(cache).__name__} with {layers}. Drop `cache_implementation=` / `past_key_values=`, or call "
-            "generate once per prompt."
+            f"batched evospec_hf cannot run {model.config.model_type} ({type(model).__name__}) with this cache: it "
+            "needs a dynamic KV cache of attention layers (DynamicCache of DynamicLayer or "
+            f"DynamicSlidingWindowLayer), got {type(cache).__name__} with {layers}. Drop `cache_implementation=` / "
+            "`past_key_values=` if you set them, or call generate once per prompt."
         )
 
 
@@ -205,7 +209,7 @@ def batched_assisted_decoding(
     extra = _forwarded_kwargs(model_kwargs)
     pads = left_padding(input_ids, model_kwargs.get("attention_mask"))
     cache = model_kwargs.get("past_key_values")
-    check_cache(cache)
+    check_cache(cache, model)
     cache.activate_past_recording()
     pad_id = generation_config._pad_token_tensor
     eos = generation_config._eos_token_tensor

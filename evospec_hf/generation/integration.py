@@ -10,7 +10,8 @@ shadows that method on the model instance while a call runs, and the shadow hand
 
        model.generate(**inputs, assistant_model=drafter, evospec_config=EvoSpecConfig(...))
 
-   A call without `evospec_config` goes straight to the original `generate`, untouched.
+   A call without `evospec_config` goes straight to the original `generate`, untouched. (It also wraps
+   `GenerationMixin._validate_model_kwargs`, to refuse by name a class whose own `generate` bypasses the wrapper.)
 2. Without that wrapper, through transformers' official `custom_generate=` hook:
 
        model.generate(**inputs, custom_generate=evospec_hf.custom_generate, drafter=drafter,
@@ -44,10 +45,13 @@ from .batched import SCORES_ONLY, BatchCosts, batched_assisted_decoding
 from .candidate_generator import EvoSpecCandidateGenerator
 from .session_protocol import SessionProtocol
 from .stats import DraftStats
-from .support import check_supported
+from .support import check_cache_use, check_supported, own_generate_refusal
 
 # a reload of this module must not wrap the wrapper
 _original_generate = getattr(GenerationMixin.generate, "__evospec_original__", GenerationMixin.generate)
+_original_validate_model_kwargs = getattr(
+    GenerationMixin._validate_model_kwargs, "__evospec_original__", GenerationMixin._validate_model_kwargs
+)
 
 
 @contextlib.contextmanager
@@ -240,16 +244,17 @@ def check_newer_arguments(arguments: dict) -> None:
 
 
 def given_drafting_fields(model, kwargs: dict) -> dict:
-    """transformers' drafting fields a `generate` call sets: its keywords first, then the fields that are not None
-    of the `generation_config` it passes, then of the target's own (transformers' order of precedence)."""
+    """transformers' drafting fields a `generate` call sets (`_call_option`), where they are not None."""
+    found = {name: _call_option(model, kwargs, name) for name in TRANSFORMERS_DRAFTING_FIELDS}
+    return {name: value for name, value in found.items() if value is not None}
+
+
+def _call_option(model, kwargs: dict, name: str):
+    """A generation option of a `generate` call: its keyword first, then the `generation_config` it passes, then the
+    target's own, the first that is not None (transformers' order of precedence)."""
     configs = [kwargs.get("generation_config"), model.generation_config]
-    found = {}
-    for name in TRANSFORMERS_DRAFTING_FIELDS:
-        values = [kwargs.get(name), *(getattr(config, name, None) for config in configs if config is not None)]
-        value = next((v for v in values if v is not None), None)
-        if value is not None:
-            found[name] = value
-    return found
+    values = [kwargs.get(name), *(getattr(config, name, None) for config in configs if config is not None)]
+    return next((v for v in values if v is not None), None)
 
 
 def prepared_drafting_fields(generation_config) -> dict:
@@ -479,6 +484,7 @@ def generate(
     if kwargs.get("assistant_model") is None:
         raise ValueError("`evospec_config` needs a drafter: pass `assistant_model=<drafter model>`.")
     check_supported(self, kwargs["assistant_model"])  # before transformers prepares anything
+    check_cache_use(self, _call_option(self, kwargs, "use_cache"))
     evospec_config = _honour_given(self, evospec_config, kwargs, kwargs["assistant_model"])
     if _batch_size(args, kwargs) > 1:  # transformers' assisted loop takes one row: the batch takes evospec_hf's own
         if kwargs.get("streamer") is not None:
@@ -554,6 +560,19 @@ def install() -> None:
     _enabled = True
     if not _wrapped_by_us(GenerationMixin.generate):
         GenerationMixin.generate = generate
+    GenerationMixin._validate_model_kwargs = _validate_model_kwargs
+
+
+def _validate_model_kwargs(self, model_kwargs: dict):
+    """transformers' check of a call's model keywords, plus: `evospec_config` reaching it means the call bypassed
+    evospec_hf's wrapper, as a class with its own `generate` (MusicGen's) does. That is refused by name, where
+    transformers would only list `evospec_config` among keywords "not used by the model"."""
+    if _enabled and "evospec_config" in model_kwargs and not _wrapped_by_us(type(self).generate):
+        raise own_generate_refusal(self)
+    return _original_validate_model_kwargs(self, model_kwargs)
+
+
+_validate_model_kwargs.__evospec_original__ = _original_validate_model_kwargs
 
 
 def uninstall() -> None:
@@ -567,6 +586,7 @@ def uninstall() -> None:
     _enabled = False
     if GenerationMixin.generate is generate:
         GenerationMixin.generate = _original_generate
+    GenerationMixin._validate_model_kwargs = _original_validate_model_kwargs
 
 
 def _wrapped_by_us(method) -> bool:
@@ -599,6 +619,7 @@ def custom_generate(
     if drafter is None:
         raise ValueError("`custom_generate=evospec_hf.custom_generate` needs the drafter as `drafter=`.")
     check_supported(model, drafter)
+    check_cache_use(model, model_kwargs.get("use_cache"))
     evospec_config = evospec_config if evospec_config is not None else EvoSpecConfig()
     if input_ids.shape[0] > 1:
         return batched_generate(

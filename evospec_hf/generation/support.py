@@ -24,6 +24,12 @@ UNSUPPORTED = {
     "cpmant": "it prepends prompt tokens and re-reads its whole sequence at every step, slicing its cache by "
     "position, so a cache cropped to the accepted tokens no longer lines up",
 }
+# architectures whose logits are not their LM head over their decoder's last hidden state, which a drafter's
+# shortlist head computes (as a target they are fine: the target verifies through its own forward)
+UNSUPPORTED_DRAFTERS = {
+    "prophetnet": "its logits are its LM head over its first n-gram predicting stream, not over its decoder's last "
+    "hidden state, which evospec_hf computes the drafter's head on",
+}
 
 
 def check_supported(target, drafter) -> None:
@@ -68,12 +74,45 @@ def unsupported_reason(model, check_head: bool = True) -> str | None:
             "it keeps its own kind of cache, not transformers' DynamicCache, which speculative decoding crops after "
             "rejected drafts; it needs a cache-based decoder with a standard KV cache"
         )
+    head = model.get_output_embeddings()
+    rows = getattr(getattr(head, "weight", None), "shape", (None,))[0]
+    kept = getattr(config.get_text_config(), "unpadded_vocab_size", None)
+    if kept is not None and rows is not None and kept < rows:
+        return (
+            f"its logits keep only the first {kept} of its LM head's {rows} rows (unpadded_vocab_size), and "
+            "evospec_hf verifies and drafts over every row of the head"
+        )
     transform = logit_transform(model)
     for name in ("multiplier", "divisor"):
         value = getattr(transform, name, None)
         if value is not None and not value > 0:
             return f"its logit scale ({name} {value}) is not positive, so the best logit is not the head's"
     return _head_reason(model) if check_head else None
+
+
+def check_cache_use(model, use_cache) -> None:
+    """Raises a ValueError naming the architecture if the call runs without a KV cache (`use_cache=False`, given to
+    the call or in the model's generation config, as MPT's is by default): speculative decoding needs one. Before
+    transformers prepares anything, whose own message ("assisted generate requires `use_cache=True`") says neither
+    which model nor why."""
+    if use_cache is False:
+        model = unwrap_peft(model)
+        raise ValueError(
+            f"evospec_hf cannot run {model.config.model_type} ({type(model).__name__}) with use_cache=False (its "
+            "generation config's value unless the call sets it): speculative decoding verifies the drafts against "
+            "the target's KV cache and crops it after rejected drafts. Pass use_cache=True."
+        )
+
+
+def own_generate_refusal(model) -> ValueError:
+    """The error for a model whose class has its own `generate` (MusicGen's), which neither reaches evospec_hf's
+    wrapper of `GenerationMixin.generate` nor runs transformers' assisted decoding."""
+    model = unwrap_peft(model)
+    return ValueError(
+        f"evospec_hf cannot use {model.config.model_type} ({type(model).__name__}) as the target: its class has its "
+        f"own generate() ({type(model).generate.__qualname__}), which does not run transformers' assisted decoding, "
+        "where evospec_hf drafts."
+    )
 
 
 def _reads_is_decoder(body) -> bool:
@@ -87,6 +126,8 @@ def _reads_is_decoder(body) -> bool:
 
 def _head_reason(model) -> str | None:
     """Why evospec_hf cannot recompute `model`'s logits as its LM head over its decoder's last hidden state."""
+    if model.config.model_type in UNSUPPORTED_DRAFTERS:
+        return UNSUPPORTED_DRAFTERS[model.config.model_type]
     head = model.get_output_embeddings()
     if head is None or not isinstance(getattr(head, "weight", None), torch.Tensor) or head.weight.dim() != 2:
         return "it has no linear LM head (`get_output_embeddings()`) whose rows evospec_hf can shortlist"

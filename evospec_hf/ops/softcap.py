@@ -12,7 +12,7 @@ from ..utils import unwrap_peft
 # architectures that scale their head's output, and how their forward does it: (where the number is, the operation).
 # The same config name means different things: Granite divides its logits by `logits_scaling`, HyperCLOVA X
 # multiplies them, MiniCPM3 divides the hidden state before the head (the same up to rounding, which drafts may
-# have: the target verifies them).
+# have: the target verifies them); so does Inkling, by `logits_mup_width_multiplier`.
 LOGIT_SCALES = {
     "cohere": ("model.logit_scale", "multiply"),
     "cohere2": ("model.logit_scale", "multiply"),
@@ -25,6 +25,7 @@ LOGIT_SCALES = {
     "granitemoeshared": ("config.logits_scaling", "divide"),
     "granitemoehybrid": ("config.logits_scaling", "divide"),
     "hyperclovax": ("config.logits_scaling", "multiply"),
+    "inkling_text": ("config.logits_mup_width_multiplier", "divide"),
     "minicpm3": ("config.logits_scaling", "divide"),
 }
 

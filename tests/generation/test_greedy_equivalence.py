@@ -9,7 +9,9 @@ from transformers import TextStreamer
 import evospec_hf
 from evospec_hf import DraftStats, EvoSpecConfig
 
-from ..conftest import ARCHITECTURES, VOCAB_SIZE, centroid_router, noisy_copy, tiny_cohere, tiny_llama4_text
+from ..conftest import (
+    ARCHITECTURES, VOCAB_SIZE, centroid_router, noisy_copy, tiny_cohere, tiny_inkling, tiny_llama4_text,
+)  # fmt: skip
 
 MODES = ["full", "static", "context", "static+context", "router", "router+context", "evospec"]
 
@@ -73,15 +75,24 @@ def test_greedy_equals_plain_greedy(pair, mode, drafter_kind, lookup_tokens, sta
         assert stats.lookup_rounds == 0
 
 
-@pytest.mark.parametrize("build", [tiny_cohere, tiny_llama4_text], ids=["cohere", "llama4_text"])
+@pytest.mark.parametrize(
+    "build", [tiny_cohere, tiny_inkling, tiny_llama4_text], ids=["cohere", "inkling", "llama4_text"]
+)
 @pytest.mark.parametrize("drafter_kind", ["noisy-copy", "first-layer", "feature"])
 @pytest.mark.parametrize("batch", [1, 2])
-def test_cohere_and_llama4_equal_plain_greedy(build, drafter_kind, batch):
-    """Cohere scales its head's output (`logit_scale`); Llama 4 returns MoE outputs and keeps its body where its
-    `base_model_prefix` does not say. Drafters of three kinds draft through them, one prompt or a batch of two."""
+def test_scaled_heads_and_llama4_equal_plain_greedy(build, drafter_kind, batch):
+    """Cohere scales its head's output (`logit_scale`), Inkling its input (`logits_mup_width_multiplier`); Llama 4
+    returns MoE outputs and keeps its body where its `base_model_prefix` does not say. Drafters of three kinds draft
+    through them, one prompt or a batch of two (Inkling's batch is refused by name)."""
     from evospec_hf.models import drafter_from_target, feature_drafter_from_target
 
     target = build(seed=0)
+    if build is tiny_inkling and batch > 1:  # its cache's layers hold convolution states a batch cannot trim
+        batch_ids = torch.randint(3, VOCAB_SIZE, (2, 12), generator=torch.Generator().manual_seed(60))
+        with pytest.raises(ValueError, match=r"batched evospec_hf cannot run inkling_text \(InklingForCausalLM\)"):
+            target.generate(batch_ids, max_new_tokens=4, assistant_model=noisy_copy(target, seed=1),
+                            evospec_config=EvoSpecConfig())  # fmt: skip
+        return
     drafter = {
         "noisy-copy": lambda: noisy_copy(target, seed=1),
         "first-layer": lambda: drafter_from_target(target, 1),

@@ -6,7 +6,7 @@ import torch
 import evospec_hf
 from evospec_hf import EvoSpecConfig
 
-from ..conftest import tiny_cohere, tiny_from_config, tiny_llama
+from ..conftest import tiny_cohere, tiny_from_config, tiny_inkling, tiny_llama
 
 PROMPT = torch.tensor([[4, 5, 6, 7]])
 
@@ -36,6 +36,14 @@ REFUSED = [
     ("electra", lambda: tiny("ElectraConfig", "ElectraForCausalLM", embedding_size=16, is_decoder=True, **BERT),
      "weights outside its decoder and LM head (generator_predictions"),
     ("cohere", lambda: tiny_cohere(0, logit_scale=-0.5), "logit scale (multiplier -0.5) is not positive"),
+    ("inkling_text", lambda: tiny_inkling(0, unpadded_vocab_size=40), "keep only the first 40 of its LM head's"),
+    ("prophetnet", lambda: tiny("ProphetNetConfig", "ProphetNetForCausalLM", hidden_size=32, encoder_ffn_dim=64,
+                                decoder_ffn_dim=64, num_encoder_layers=1, num_decoder_layers=1,
+                                num_encoder_attention_heads=4, num_decoder_attention_heads=4, ngram=2),
+     "n-gram predicting stream"),
+    ("musicgen_decoder", lambda: tiny("MusicgenDecoderConfig", "MusicgenForCausalLM", hidden_size=32, ffn_dim=64,
+                                      num_hidden_layers=1, num_attention_heads=4, num_codebooks=1),
+     "own generate() (MusicgenForCausalLM.generate)"),
 ]  # fmt: skip
 
 
@@ -91,3 +99,19 @@ def test_is_decoder_false_is_refused_only_where_the_decoder_reads_it():
     gpt_neox = more_architectures()["gpt-neox"](0)
     assert gpt_neox.config.is_decoder is False and unsupported_reason(gpt_neox) is None
     assert "is_decoder=False" in unsupported_reason(tiny("BertConfig", "BertLMHeadModel", **BERT))
+
+
+def test_use_cache_false_is_refused_by_name_and_use_cache_true_runs_exactly():
+    """MPT's config says use_cache=False; speculative decoding needs the KV cache. transformers' own message names
+    neither the model nor the reason; evospec_hf's does, before any forward, on both entry points."""
+    model = tiny("MptConfig", "MptForCausalLM", d_model=32, n_heads=4, n_layers=2, expansion_ratio=2).eval()
+    assert model.generation_config.use_cache is False
+    count = ForwardCount(model)
+    inputs = dict(input_ids=PROMPT, attention_mask=torch.ones_like(PROMPT), max_new_tokens=6, do_sample=False)
+    for path in (dict(assistant_model=model), dict(custom_generate=evospec_hf.custom_generate, drafter=model)):
+        with pytest.raises(ValueError, match=r"cannot run mpt \(MptForCausalLM\) with use_cache=False"):
+            model.generate(**inputs, evospec_config=EvoSpecConfig(), **path)
+    assert count.calls == 0
+    expected = model.generate(**inputs, use_cache=True)
+    got = model.generate(**inputs, use_cache=True, assistant_model=model, evospec_config=EvoSpecConfig())
+    assert torch.equal(got, expected)
