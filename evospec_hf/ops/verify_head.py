@@ -189,6 +189,7 @@ class _HeadShadow:
         self.users = 0
         self.int8: Int8Head | None = None
         self.int8_failed_key = None  # the weights an int8 copy could not be made of (not tried again)
+        self.int8_source = None  # weak references to the weight and bias tensors `int8` (or the failure) is of
         self.screen_choices = {}  # top_k -> {rows: one of SCREEN_NAMES}, the machine's calibration tables
         self.screen_times: dict[tuple[int, int], tuple[list, ...]] = {}  # (top_k, rows) -> times of each name
         self._lock = threading.Lock()
@@ -223,14 +224,24 @@ class _HeadShadow:
         """The head's int8 copy, made (again) if its weights changed since; None where none can be made."""
         key = Int8Head.source_key(head.weight, head.bias)
         with self._lock:
-            if self.int8 is not None and self.int8.key == key:
+            same = self.same_source(head)
+            if same and self.int8 is not None and self.int8.key == key:
                 return self.int8
-            if self.int8_failed_key == key:
+            if same and self.int8_failed_key == key:
                 return None
             self.int8 = None  # the old copy goes before the new one is made (peak memory)
+            self.int8_source = (weakref.ref(head.weight), None if head.bias is None else weakref.ref(head.bias))
             self.int8 = Int8Head.pack(head.weight.detach(), None if head.bias is None else head.bias.detach())
             self.int8_failed_key = None if self.int8 is not None else key
             return self.int8
+
+    def same_source(self, head) -> bool:
+        """Whether `head` still holds the very tensors the int8 copy was made of. The key (storage address and
+        version) alone could match a replacement allocated where a freed weight was."""
+        if self.int8_source is None:
+            return False
+        weight, bias = self.int8_source
+        return weight() is head.weight and (head.bias is None if bias is None else bias() is head.bias)
 
     def screened(self, x: torch.Tensor, head, screen: HeadScreen) -> torch.Tensor | None:
         """The screened head's logits for `x`, or None where the full head runs (no int8 copy, measured slower for
@@ -395,6 +406,7 @@ def screen_pending(model, rows: int, top_k: int = 1) -> bool:
     shadow = _shadows.get(head)
     if shadow is None or head.weight.dtype != torch.float32:
         return False
-    if shadow.int8_failed_key is not None and shadow.int8_failed_key == Int8Head.source_key(head.weight, head.bias):
+    failed_key = shadow.int8_failed_key
+    if failed_key is not None and shadow.same_source(head) and failed_key == Int8Head.source_key(head.weight, head.bias):
         return False
     return row_bucket(rows) not in shadow.choices(top_k)

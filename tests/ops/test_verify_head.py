@@ -251,3 +251,24 @@ def test_a_new_process_reuses_the_decided_choices(monkeypatch):
         assert tuned.describe() == {3: "F.linear"}
         fresh(input_ids=torch.tensor([[3, 4, 5]]))
         assert tuned.times == {}
+
+
+def test_the_int8_copy_follows_a_replaced_weight_even_at_the_same_address(monkeypatch):
+    """A weight replaced by another tensor gets a new int8 copy, even where the new tensor's storage address and
+    version equal the old one's (an allocator can reuse a freed weight's memory): a stale copy would screen the new
+    head with the old head's bound."""
+    from evospec_hf.ops import verify_head
+    from evospec_hf.ops.screened_head import Int8Head, integer_product_is_exact
+
+    if not integer_product_is_exact():
+        pytest.skip("no exact int8 product on this machine")
+    head = torch.nn.Linear(32, 96, bias=False)
+    shadow = verify_head._HeadShadow(head)
+    first = shadow.int8_head(head)
+    assert shadow.int8_head(head) is first  # unchanged weights: the copy is kept
+    monkeypatch.setattr(Int8Head, "source_key", staticmethod(lambda weight, bias: "the same address and version"))
+    first = shadow.int8_head(head)
+    head.weight = torch.nn.Parameter(torch.randn(96, 32))
+    second = shadow.int8_head(head)
+    assert second is not first and not torch.equal(second.scales, first.scales)
+    assert shadow.int8_head(head) is second
