@@ -5,11 +5,12 @@ greedy's tokens, or refuse it up front with a message naming the architecture?
 
 For each `model_type` in `MODEL_FOR_CAUSAL_LM_MAPPING_NAMES`, one subprocess (so that a bad config cannot take the
 others down) builds the model from a small config (hidden 64, 2 layers, 4 heads, vocabulary 256; `SMALL`, plus
-`OVERRIDES` per type), seeded, and a drafter from it as the tests make one (the target's weights plus small noise),
-then runs plain greedy (`do_sample=False`, `NEW_TOKENS` new tokens) and evospec_hf greedy with that drafter
+`OVERRIDES` per type), seeded, and two drafters from it: the target's weights plus small noise (it agrees often)
+and the same architecture with other weights (its drafts are mostly rejected, so the cache is rolled back). It runs
+plain greedy (`do_sample=False`, `NEW_TOKENS` new tokens) and evospec_hf greedy with each drafter
 (`CONFIG`), and sorts the result into one class:
 
-- exact: evospec_hf's tokens are plain greedy's;
+- exact: evospec_hf's tokens are plain greedy's, with both drafters;
 - different: they are not (a bug);
 - refused: evospec_hf raised before any forward pass of target or drafter, naming the `model_type`;
 - error: anything else (a raw error, or a refusal that came late or does not name the architecture);
@@ -157,6 +158,14 @@ def noisy_copy(model, seed: int, scale: float = 0.02):
     return drafter
 
 
+def independent(model, seed: int):
+    """The same architecture and config with other random weights: its drafts are mostly rejected."""
+    import torch
+
+    torch.manual_seed(seed)
+    return type(model)(model.config).eval()
+
+
 class ForwardCount:
     """Counts forward calls of the models it watches (a refusal must come before the first)."""
 
@@ -170,8 +179,9 @@ class ForwardCount:
 
 
 def first_line(err: BaseException) -> str:
-    text = f"{type(err).__name__}: {err}".strip()
-    return text.splitlines()[0][:300]
+    """The error's type and the first line of its message that is not empty."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"[:300]
 
 
 def run_one(model_type: str) -> dict:
@@ -190,7 +200,13 @@ def run_one(model_type: str) -> dict:
         config = tiny_config(model_type)
         torch.manual_seed(0)
         target = model_class(model_type)(config).eval()
-        drafter = noisy_copy(target, seed=1)
+        # one drafter that agrees often (the target plus noise) and one that does not (other weights), so that
+        # accepted drafts and rolled-back rejections are both exercised
+        # (the second without drafts copied from the context, which a tiny model's repeated tokens would accept)
+        drafters = {
+            "noisy copy": (noisy_copy(target, seed=1), CONFIG),
+            "independent": (independent(target, seed=2), dict(CONFIG, lookup_tokens=0)),
+        }
     except Exception as err:  # noqa: BLE001 - any failure to build is recorded, not raised
         return {**row, "class": "skipped", "detail": f"does not build: {first_line(err)}"}
     row["parameters"] = sum(p.numel() for p in target.parameters())
@@ -206,27 +222,33 @@ def run_one(model_type: str) -> dict:
             expected = target.generate(**inputs, **greedy)
     except Exception as err:  # noqa: BLE001
         return {**row, "class": "skipped", "detail": f"plain greedy fails: {first_line(err)}"}
-    stats, count = DraftStats(), ForwardCount(target, drafter)
-    try:
-        with torch.no_grad():
-            got = target.generate(
-                **inputs, **greedy, assistant_model=drafter, evospec_config=evospec_hf.EvoSpecConfig(**CONFIG),
-                evospec_stats=stats,
-            )  # fmt: skip
-    except Exception as err:  # noqa: BLE001
-        message = first_line(err)
-        early = count.calls == 0 and isinstance(err, ValueError)
-        named = model_type in str(err)
-        if early and named:
-            return {**row, "class": "refused", "detail": message}
-        if not isinstance(err, ValueError):
-            return {**row, "class": "error", "detail": message, "why": "raw error"}
-        why = "raised after a forward pass" if not early else "does not name the architecture"
-        return {**row, "class": "error", "detail": message, "why": why}
-    row["drafted"], row["accepted"] = stats.drafted, stats.accepted
-    if torch.equal(got, expected):
-        return {**row, "class": "exact", "detail": f"{stats.accepted} of {stats.drafted} drafts accepted"}
-    return {**row, "class": "different", "detail": f"plain {expected[0].tolist()} evospec {got[0].tolist()}"}
+    count, parts = ForwardCount(target, *(drafter for drafter, _ in drafters.values())), []
+    row["drafted"], row["accepted"] = {}, {}
+    for name, (drafter, options) in drafters.items():
+        stats, before = DraftStats(), count.calls
+        try:
+            with torch.no_grad():
+                got = target.generate(
+                    **inputs, **greedy, assistant_model=drafter, evospec_config=evospec_hf.EvoSpecConfig(**options),
+                    evospec_stats=stats,
+                )  # fmt: skip
+        except Exception as err:  # noqa: BLE001
+            message = first_line(err)
+            early = count.calls == before and isinstance(err, ValueError)
+            named = model_type in str(err)
+            if early and named:
+                return {**row, "class": "refused", "detail": message}
+            if not isinstance(err, ValueError):
+                return {**row, "class": "error", "detail": f"{name}: {message}", "why": "raw error"}
+            why = "raised after a forward pass" if not early else "does not name the architecture"
+            return {**row, "class": "error", "detail": f"{name}: {message}", "why": why}
+        row["drafted"][name], row["accepted"][name] = stats.drafted, stats.accepted
+        if not torch.equal(got, expected):
+            return {**row, "class": "different", "detail": f"{name}: plain {expected[0].tolist()} evospec {got[0].tolist()}"}
+        parts.append(f"{stats.accepted} of {stats.drafted} drafts accepted ({name})")
+    if sum(row["drafted"].values()) == sum(row["accepted"].values()):
+        parts.append("no draft rejected")
+    return {**row, "class": "exact", "detail": ", ".join(parts)}
 
 
 # the evospec_hf options of the run: the drafter drafts 4 tokens every round (the "heuristic" rule, independent
@@ -266,7 +288,7 @@ def markdown(rows: list, header: dict) -> str:
         "",
         f"{len(rows)} model types of `MODEL_FOR_CAUSAL_LM_MAPPING_NAMES`, each built tiny from its config (hidden 64, "
         f"2 layers, vocabulary {VOCAB_SIZE}; `benchmarks/zoo.py`), {NEW_TOKENS} new tokens after a "
-        f"{PROMPT_LENGTH}-token prompt, a drafter that is the target plus small noise, evospec_hf options "
+        f"{PROMPT_LENGTH}-token prompt, two drafters (the target plus small noise; other weights), evospec_hf options "
         f"`{CONFIG}`.",
         "",
         "| class | count |",
