@@ -6,8 +6,8 @@ greedy's tokens, or refuse it up front with a message naming the architecture?
 For each `model_type` in `MODEL_FOR_CAUSAL_LM_MAPPING_NAMES`, one subprocess (so that a bad config cannot take the
 others down) builds the model from a small config (hidden 64, 2 layers, 4 heads, vocabulary 256; `SMALL`, plus
 `OVERRIDES` per type), seeded, and two drafters from it: the target's weights plus small noise (it agrees often)
-and the same architecture with other weights (its drafts are mostly rejected, so the cache is rolled back). It runs
-plain greedy (`do_sample=False`, `NEW_TOKENS` new tokens) and evospec_hf greedy with each drafter
+and the same architecture with other weights, scaled (its drafts are mostly rejected: the cache is rolled back).
+It runs plain greedy (`do_sample=False`, `NEW_TOKENS` new tokens) and evospec_hf greedy with each drafter
 (`CONFIG`), and sorts the result into one class:
 
 - exact: evospec_hf's tokens are plain greedy's, with both drafters;
@@ -158,12 +158,21 @@ def noisy_copy(model, seed: int, scale: float = 0.02):
     return drafter
 
 
-def independent(model, seed: int):
-    """The same architecture and config with other random weights: its drafts are mostly rejected."""
+def independent(model, seed: int, gain: float = 10.0):
+    """The same architecture and config with other random weights, its body's matrices scaled by `gain`: its drafts
+    are mostly rejected. (At the init scale a tiny model's output is dominated by its input embedding, so two of
+    them tend to agree on repeating a token; scaled, the body decides.)"""
     import torch
 
     torch.manual_seed(seed)
-    return type(model)(model.config).eval()
+    drafter = type(model)(model.config).eval()
+    embeddings = {id(p) for module in (drafter.get_input_embeddings(), drafter.get_output_embeddings())
+                  if module is not None for p in module.parameters()}  # fmt: skip
+    with torch.no_grad():
+        for p in drafter.parameters():
+            if p.dim() >= 2 and p.is_floating_point() and id(p) not in embeddings:
+                p.mul_(gain)
+    return drafter
 
 
 class ForwardCount:
