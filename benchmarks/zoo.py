@@ -253,7 +253,8 @@ def run_one(model_type: str) -> dict:
             return {**row, "class": "error", "detail": f"{name}: {message}", "why": why}
         row["drafted"][name], row["accepted"][name] = stats.drafted, stats.accepted
         if not torch.equal(got, expected):
-            return {**row, "class": "different", "detail": f"{name}: plain {expected[0].tolist()} evospec {got[0].tolist()}"}
+            detail = f"{name}: plain {expected[0].tolist()} evospec {got[0].tolist()}"
+            return {**row, "class": "different", "detail": detail}
         parts.append(f"{stats.accepted} of {stats.drafted} drafts accepted ({name})")
     if sum(row["drafted"].values()) == sum(row["accepted"].values()):
         parts.append("no draft rejected")
