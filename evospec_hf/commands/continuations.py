@@ -46,7 +46,7 @@ def measure(model, tokenizer, prompts, batch_sizes, max_new_tokens):
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="evospec-hf continuations", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--target", default="gemma-3-270m", help="a name evospec_hf.load_target knows")
+    parser.add_argument("--target", default="gemma-3-270m", help="a known target name, or a local model folder")
     parser.add_argument("--out", help="folder for continuations.jsonl and meta.json")
     parser.add_argument("--per-kind", type=int, default=100)
     parser.add_argument("--prompt-tokens", type=int, default=64)

@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from evospec_hf.data import DOMAINS, load_domain_corpus, token_chunks
 from evospec_hf.models import default_cache_dir, load_target
+from evospec_hf.models.targets import target_label
 from evospec_hf.models.drafter import drafter_from_target
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     feature.add_argument("--init-adapter", default=None, metavar="DIR",
                          help="start from this feature checkpoint's adapter (a folder EvoSpecDrafter saved) instead "
                               "of a fresh one: continue training a shipped drafter on more text")
-    feature.add_argument("--target-name", default=None, help="the name recorded in the checkpoint (default --target)")
+    feature.add_argument("--target-name", default=None, help="the target name recorded in the checkpoint (default: --target, or its folder's last part)")
     feature.add_argument("--no-static-table", action="store_true", help="do not build the static shortlist table")
     feature.add_argument("--cpu", action="store_true", help="run on CPU even when a GPU is present")
     args = parser.parse_args(argv)
@@ -232,20 +233,6 @@ def main(argv: list[str] | None = None) -> None:
     print(f"saved to {out}")
 
 
-def load_target_any(target: str):
-    """A known target name (`evospec_hf.load_target`), or a local model folder (with its tokenizer if it has one)."""
-    if not os.path.isdir(target):
-        return load_target(target)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(target).eval()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(target)
-    except (OSError, ValueError):
-        tokenizer = None
-    return model, tokenizer
-
-
 def training_chunks(args, tokenizer) -> tuple[list, list]:
     """(train, heldout) lists of `(kind, ids)`: `--chunks-file`, else the corpora (and continuations)."""
     if args.chunks_file:
@@ -314,12 +301,12 @@ def main_feature(args):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
-    target, tokenizer = load_target_any(args.target)
+    target, tokenizer = load_target(args.target)
     target.to(accelerator.device)
     for p in target.parameters():
         p.requires_grad_(False)
     layers = [int(i) for i in args.feature_layers.split(",")]
-    name = args.target_name or Path(args.target).name
+    name = args.target_name or target_label(args.target)
     train_chunks, eval_chunks = training_chunks(args, tokenizer)
     if args.export_chunks:
         # int32 ids: half the bytes for a file that travels (training_chunks reads them back as int64)

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from evospec_hf import data, load_target
+from evospec_hf.models.targets import target_label
 from evospec_hf.distill.exit_head import exit_agreement, train_exit_head
 from evospec_hf.distill.feature import cache_teacher
 from evospec_hf.models import default_cache_dir
@@ -31,7 +32,7 @@ from evospec_hf.models.exit_head import ExitHead
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="evospec-hf train-exit-head", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--target", default="gemma-3-270m", help="a name evospec_hf.load_target knows")
+    parser.add_argument("--target", default="gemma-3-270m", help="a known target name, or a local model folder")
     parser.add_argument("--layer", type=int, required=True, help="decoder layers before the exit")
     parser.add_argument("--out", required=True)
     parser.add_argument("--seq-len", type=int, default=256)
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     train = data.mixture_chunks(tokenizer, "train", args.seq_len, args.train_chunks, args.seed)
     heldout = data.mixture_chunks(tokenizer, "heldout", args.seq_len, args.eval_chunks, args.seed)
     cache = default_cache_dir() / (
-        f"feature-teacher-v2-{args.target}-{args.seq_len}-mixture-{args.train_chunks}-{args.layer}-{args.topk}"
+        f"feature-teacher-v2-{target_label(args.target)}-{args.seq_len}-mixture-{args.train_chunks}-{args.layer}-{args.topk}"
     )
     with torch.no_grad():
         paths = cache_teacher(target, train, cache / "train", [args.layer], args.topk)

