@@ -42,8 +42,8 @@ from tqdm.auto import tqdm
 
 from evospec_hf.data import DOMAINS, load_domain_corpus, token_chunks
 from evospec_hf.models import default_cache_dir, load_target
-from evospec_hf.models.targets import target_label
 from evospec_hf.models.drafter import drafter_from_target
+from evospec_hf.models.targets import target_label
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 

@@ -23,11 +23,11 @@ from pathlib import Path
 import torch
 
 from evospec_hf import data, load_target
-from evospec_hf.models.targets import target_label
 from evospec_hf.distill.exit_head import exit_agreement, train_exit_head
 from evospec_hf.distill.feature import cache_teacher
 from evospec_hf.models import default_cache_dir
 from evospec_hf.models.exit_head import ExitHead
+from evospec_hf.models.targets import target_label
 
 
 def main(argv: list[str] | None = None) -> None:

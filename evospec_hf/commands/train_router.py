@@ -29,8 +29,8 @@ from tqdm.auto import tqdm
 from evospec_hf import EvoSpecDrafter, FrequencyTable
 from evospec_hf.data import token_chunks
 from evospec_hf.models import default_cache_dir, load_target
-from evospec_hf.models.targets import target_label
 from evospec_hf.models.drafter import shifted_feature_inputs
+from evospec_hf.models.targets import target_label
 from evospec_hf.utils import unwrap_peft
 from evospec_hf.vocab.clusters import cluster_vocabulary
 from evospec_hf.vocab.recall import drafter_hidden_states as hidden_states
