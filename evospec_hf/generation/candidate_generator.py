@@ -334,7 +334,8 @@ def _intermediate_verifier(config: EvoSpecConfig, target, drafter, do_sample: bo
     if target is None:
         raise ValueError("`intermediate_verifier` needs the target model (evospec_hf's generate hook passes it).")
     vocab_size = target.get_output_embeddings().weight.shape[0]
-    table = resolve_static_table(config.static_shortlist_path, drafter, vocab_size)
+    needed_by = "`intermediate_verifier` (it verifies over the static list's `shortlist_size` most frequent tokens)"
+    table = resolve_static_table(config.static_shortlist_path, drafter, vocab_size, needed_by)
     shortlist = table.top(min(config.shortlist_size, vocab_size))
     return IntermediateVerifier(verifier_parts(target, config.intermediate_verifier, shortlist), do_sample)
 

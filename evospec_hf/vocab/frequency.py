@@ -156,15 +156,18 @@ def _int_list(data: dict, key: str) -> list:
     return values
 
 
-def resolve_static_table(static_shortlist_path, drafter, vocab_size: int) -> FrequencyTable:
-    """The table for `shortlist='static'`: the configured path, else `evospec_frequency.json` in the drafter's folder."""
+def resolve_static_table(
+    static_shortlist_path, drafter, vocab_size: int, needed_by: str = "shortlist='static'"
+) -> FrequencyTable:
+    """The table for `shortlist='static'` (or what `needed_by` names): the configured path, else
+    `evospec_frequency.json` in the drafter's folder."""
     if static_shortlist_path:
         return FrequencyTable.load(static_shortlist_path, vocab_size=vocab_size)
     folder = drafter_folder(drafter)
     if os.path.isfile(os.path.join(folder, TABLE_NAME)):
         return FrequencyTable.load(folder, vocab_size=vocab_size)
     raise FileNotFoundError(
-        f"shortlist='static' needs a token frequency table, but `static_shortlist_path` is not set and the drafter's "
+        f"{needed_by} needs a token frequency table, but `static_shortlist_path` is not set and the drafter's "
         f"folder ({folder or 'none: the drafter was not loaded from a folder'!r}) has no {TABLE_NAME}. Build one "
         f"with `evospec-hf build-static-shortlist --out <drafter folder or file>`."
     )

@@ -102,3 +102,11 @@ def test_an_exit_head_for_another_target_is_refused(setup, tmp_path):
         ExitHead.from_pretrained(path, target)
     with pytest.raises(FileNotFoundError, match="train-exit-head"):
         ExitHead.from_pretrained(tmp_path, target)
+
+
+def test_without_a_static_list_the_error_names_the_intermediate_verifier(setup):
+    """HiSpec verifies over the static list whatever `shortlist` says: a missing list is reported as its need."""
+    target, drafter, exit_path, _, _ = setup
+    config = EvoSpecConfig(shortlist="context", shortlist_size=40, intermediate_verifier=exit_path)
+    with pytest.raises(FileNotFoundError, match=r"`intermediate_verifier` \(it verifies over the static list"):
+        target.generate(torch.tensor([[4, 5, 6, 7]]), max_new_tokens=4, assistant_model=drafter, evospec_config=config)
