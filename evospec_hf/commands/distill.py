@@ -145,7 +145,8 @@ def main(argv: list[str] | None = None) -> None:
     feature.add_argument("--init-adapter", default=None, metavar="DIR",
                          help="start from this feature checkpoint's adapter (a folder EvoSpecDrafter saved) instead "
                               "of a fresh one: continue training a shipped drafter on more text")
-    feature.add_argument("--target-name", default=None, help="the target name recorded in the checkpoint (default: --target, or its folder's last part)")
+    feature.add_argument("--target-name", default=None,
+                         help="the target name recorded in the checkpoint (default: --target, or its folder's name)")
     feature.add_argument("--no-static-table", action="store_true", help="do not build the static shortlist table")
     feature.add_argument("--cpu", action="store_true", help="run on CPU even when a GPU is present")
     args = parser.parse_args(argv)

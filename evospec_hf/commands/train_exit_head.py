@@ -59,8 +59,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--layer must be in [1, {total - 1}] for this {total}-layer target")
     train = data.mixture_chunks(tokenizer, "train", args.seq_len, args.train_chunks, args.seed)
     heldout = data.mixture_chunks(tokenizer, "heldout", args.seq_len, args.eval_chunks, args.seed)
+    label = target_label(args.target)
     cache = default_cache_dir() / (
-        f"feature-teacher-v2-{target_label(args.target)}-{args.seq_len}-mixture-{args.train_chunks}-{args.layer}-{args.topk}"
+        f"feature-teacher-v2-{label}-{args.seq_len}-mixture-{args.train_chunks}-{args.layer}-{args.topk}"
     )
     with torch.no_grad():
         paths = cache_teacher(target, train, cache / "train", [args.layer], args.topk)

@@ -140,8 +140,9 @@ def main(argv: list[str] | None = None) -> None:
     elif distill.get("kind") == "feature":  # the feature drafter's teacher cache holds the target's hidden states
         teacher_dir = Path(distill["teacher_cache"]) / "train"
     else:
+        label = target_label(config["target"])
         teacher_dir = default_cache_dir() / (
-            f"teacher-{target_label(config['target'])}-{distill['seq_len']}-{distill['train_chunks_per_domain']}-{distill['topk']}"
+            f"teacher-{label}-{distill['seq_len']}-{distill['train_chunks_per_domain']}-{distill['topk']}"
         )
     shards = sorted(teacher_dir.glob("shard_*.pt"))
     if not shards:
