@@ -302,7 +302,7 @@ def main_feature(args):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
-    target, tokenizer = load_target(args.target)
+    target, tokenizer = load_target(args.target, tokenizer_required=False)  # `--chunks-file` holds token ids
     target.to(accelerator.device)
     for p in target.parameters():
         p.requires_grad_(False)

@@ -149,7 +149,7 @@ def _convert(spec: TargetSpec, workdir: Path, out: Path) -> None:
         bar.update()
 
 
-def load_target(name: str, cache_dir: str | os.PathLike | None = None, dtype=None):
+def load_target(name: str, cache_dir: str | os.PathLike | None = None, dtype=None, tokenizer_required: bool = True):
     """Loads a target and its tokenizer: `model, tokenizer = load_target("gemma-3-270m")`.
 
     Args:
@@ -158,6 +158,8 @@ def load_target(name: str, cache_dir: str | os.PathLike | None = None, dtype=Non
             writes), for training drafters, routers and exit heads for another target.
         cache_dir: where converted folders live (default `$EVOSPEC_HF_CACHE` or `~/.cache/evospec_hf`).
         dtype: torch dtype to load in (default float32, as dequantised).
+        tokenizer_required: False: a folder without a tokenizer loads with tokenizer None (for work on token ids
+            that were tokenized elsewhere, as `distill --chunks-file`).
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -167,10 +169,12 @@ def load_target(name: str, cache_dir: str | os.PathLike | None = None, dtype=Non
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder)
         except (OSError, ValueError) as error:
-            raise ValueError(
-                f"the target folder {name!r} holds no tokenizer that transformers can load ({error}); save one "
-                "beside the model with `tokenizer.save_pretrained(folder)`."
-            ) from None
+            if tokenizer_required:
+                raise ValueError(
+                    f"the target folder {name!r} holds no tokenizer that transformers can load ({error}); save one "
+                    "beside the model with `tokenizer.save_pretrained(folder)`."
+                ) from None
+            tokenizer = None
     else:
         folder = converted_path(name, cache_dir)
         tokenizer = AutoTokenizer.from_pretrained(folder)

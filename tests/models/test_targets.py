@@ -95,6 +95,7 @@ def test_a_local_folder_is_a_target_with_its_own_tokenizer(tmp_path):
     model.save_pretrained(tmp_path / "model")
     with pytest.raises(ValueError, match="holds no tokenizer"):
         load_target(str(tmp_path / "model"))
+    assert load_target(str(tmp_path / "model"), tokenizer_required=False)[1] is None
     words = Tokenizer(WordLevel({"[UNK]": 0, "hello": 5, "world": 9}, unk_token="[UNK]"))
     words.pre_tokenizer = Whitespace()
     PreTrainedTokenizerFast(tokenizer_object=words, unk_token="[UNK]").save_pretrained(tmp_path / "model")
