@@ -143,21 +143,6 @@ def tiny_config(model_type: str):
     return config_class(**kwargs)
 
 
-def noisy_copy(model, seed: int, scale: float = 0.02):
-    """The target's weights plus small noise: a drafter that agrees with it often, not always."""
-    import torch
-
-    torch.manual_seed(seed)
-    drafter = type(model)(model.config).eval()
-    drafter.load_state_dict(model.state_dict())
-    with torch.no_grad():
-        for p in drafter.parameters():
-            if p.is_floating_point():
-                spread = p.std() if p.numel() > 1 else p.abs()  # one element has no std (nan)
-                p.add_(torch.randn_like(p) * scale * spread.clamp(min=1e-3))
-    return drafter
-
-
 def independent(model, seed: int, gain: float = 10.0):
     """The same architecture and config with other random weights, its body's matrices scaled by `gain`: its drafts
     are mostly rejected. (At the init scale a tiny model's output is dominated by its input embedding, so two of
@@ -202,6 +187,7 @@ def run_one(model_type: str) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import evospec_hf
     from evospec_hf import DraftStats
+    from evospec_hf.bench.tiny import noisy_copy
 
     transformers.logging.set_verbosity_error()
     row = {"model_type": model_type, "model_class": MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[model_type]}

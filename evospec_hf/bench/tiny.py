@@ -84,11 +84,15 @@ def build(arch: str, dtype: torch.dtype, seed: int = 0):
 
 
 def noisy_copy(model, seed: int, scale: float = 0.02):
-    """The target's weights plus noise (as tests/conftest.py's `noisy_copy`): a drafter that mostly agrees."""
+    """The target's weights plus noise (as tests/conftest.py's `noisy_copy`): a drafter that mostly agrees. Integer
+    parameters stay as they are; a one-element parameter's noise scales with its value (it has no spread)."""
     drafter = copy.deepcopy(model)
     torch.manual_seed(seed)
     with torch.no_grad():
         for p in drafter.parameters():
-            noise = torch.randn(p.shape) * scale * p.float().std().clamp(min=1e-3)
+            if not p.is_floating_point():
+                continue
+            spread = p.float().std() if p.numel() > 1 else p.float().abs().max()
+            noise = torch.randn(p.shape) * scale * spread.clamp(min=1e-3)
             p.add_(noise.to(p.dtype))
     return drafter
